@@ -1,0 +1,123 @@
+"""Command line: ``seqformer train | translate | evaluate | average``.
+
+Training and decoding flags map one-to-one onto the fields of ``TrainConfig``,
+``ModelConfig`` and ``DecodeConfig`` (``--warmup-steps`` sets ``warmup_steps``).
+User mistakes print one line on stderr and exit non-zero, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from seqformer.config import DecodeConfig, ModelConfig, TrainConfig
+from seqformer.errors import SeqformerError
+
+_DECODE_SKIP = {"seed"}
+_TRAIN_POSITIONAL = {"train", "valid", "out"}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: set[str] = frozenset(),
+                       title: str | None = None) -> None:
+    """One flag per dataclass field; defaults are left to the dataclass (argparse default is None)."""
+    group = parser.add_argument_group(title or cls.__name__)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default
+        help_text = f"default: {default!r}"
+        if isinstance(default, bool):
+            group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=help_text)
+        elif isinstance(default, tuple):
+            group.add_argument(_flag(f.name), dest=f.name, type=float, nargs=len(default), default=None,
+                               help=help_text)
+        else:
+            kind = type(default) if default is not None else int
+            group.add_argument(_flag(f.name), dest=f.name, type=kind, default=None, help=help_text)
+
+
+def picked(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields of ``cls`` the user actually gave on the command line."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from seqformer import __version__
+
+    parser = argparse.ArgumentParser(prog="seqformer", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"seqformer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model on parallel text")
+    p.add_argument("--config", help="JSON recipe with 'train' and 'model' sections; flags override it")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dataclass_args(p, TrainConfig, title="training (TrainConfig)")
+    add_dataclass_args(p, ModelConfig, skip={"src_vocab_size", "tgt_vocab_size"}, title="model (ModelConfig)")
+
+    p = sub.add_parser("translate", help="translate text, a file, or stdin")
+    p.add_argument("text", nargs="*", help="sentences to translate (none: read --input or stdin)")
+    _add_model_args(p)
+    p.add_argument("--input", help="file with one sentence per line")
+    p.add_argument("--output", help="write translations here (atomically) instead of stdout")
+    p.add_argument("--json", action="store_true", help="one JSON object per input with n-best and scores")
+    p.add_argument("--attention", action="store_true", help="with --json: include cross-attention")
+    p.add_argument("--no-split", action="store_true", help="do not split long input into sentences")
+    add_dataclass_args(p, DecodeConfig, skip=_DECODE_SKIP, title="decoding (DecodeConfig)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed")
+
+    p = sub.add_parser("evaluate", help="BLEU and chrF of a model's translations against references")
+    _add_model_args(p)
+    p.add_argument("--src", required=True, help="source sentences, one per line")
+    p.add_argument("--ref", required=True, action="append", help="reference file (repeat for several)")
+    p.add_argument("--hyp-out", help="also write the translations to this file")
+    p.add_argument("--json", action="store_true", help="print scores as JSON")
+    add_dataclass_args(p, DecodeConfig, skip=_DECODE_SKIP | {"sampling", "temperature", "top_k", "top_p", "nbest"},
+                       title="decoding (DecodeConfig)")
+
+    p = sub.add_parser("average", help="average the last N checkpoints of a run into a model directory")
+    p.add_argument("run_dir", help="training output directory (holds checkpoints/)")
+    p.add_argument("--last", type=int, default=5, help="number of checkpoints to average")
+    p.add_argument("--out", help="model directory to write (default: RUN_DIR itself)")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    return parser
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model directory (default: the bundled English-French model)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: PyTorch's choice)")
+    p.add_argument("--quantize", choices=("none", "int8"), default="none", help="dynamic int8 linear layers")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    warnings.simplefilter("default")
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"seqformer: warning: {msg}\n"
+    from seqformer import commands
+
+    try:
+        return getattr(commands, args.command)(args)
+    except SeqformerError as err:
+        print(f"seqformer: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("seqformer: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""The CLI's subcommands, one function each, operating on parsed arguments."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seqformer.cli import picked
+from seqformer.config import DecodeConfig, ModelConfig, TrainConfig, from_dict, load_recipe
+from seqformer.data.corpus import read_lines
+from seqformer.errors import DataError
+from seqformer.io import atomic_write_text
+
+
+def train(args: argparse.Namespace) -> int:
+    from seqformer.training.trainer import train as run_training
+
+    train_fields, model_fields = load_recipe(Path(args.config)) if args.config else ({}, {})
+    train_fields.update(picked(args, TrainConfig))
+    model_fields.update(picked(args, ModelConfig))
+    cfg = from_dict(TrainConfig, train_fields)
+    if not cfg.train or not cfg.out:
+        raise DataError("train needs --train DATA and --out DIR (or a --config that sets them)")
+    out = run_training(cfg, model_fields, resume=args.resume, progress=not args.quiet)
+    print(f"model written to {out}", file=sys.stderr)
+    return 0
+
+
+def _translator(args: argparse.Namespace):
+    from seqformer.translator import Translator
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return Translator.load(args.model, quantize=None if args.quantize == "none" else args.quantize)
+
+
+def _decode_config(args: argparse.Namespace) -> DecodeConfig:
+    return from_dict(DecodeConfig, picked(args, DecodeConfig))
+
+
+def _chunks(args: argparse.Namespace, batch_size: int) -> Iterator[list[str]]:
+    """Inputs in chunks: TEXT arguments, the --input file, or stdin as it arrives."""
+    if args.text:
+        yield list(args.text)
+        return
+    if args.input:
+        lines = read_lines(Path(args.input))
+        for i in range(0, len(lines), batch_size):
+            yield lines[i : i + batch_size]
+        return
+    interactive = sys.stdin.isatty()
+    chunk: list[str] = []
+    for line in sys.stdin:
+        chunk.append(line.rstrip("\r\n"))
+        if interactive or len(chunk) >= batch_size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _as_json(text: str, nbest: list, with_attention: bool) -> str:
+    hyps = []
+    for h in nbest:
+        d = asdict(h)
+        if not with_attention:
+            d.pop("attention")
+            d.pop("src_tokens")
+        hyps.append(d)
+    return json.dumps({"input": text, "translations": hyps}, ensure_ascii=False)
+
+
+def translate(args: argparse.Namespace) -> int:
+    translator = _translator(args)
+    cfg = _decode_config(args)
+    options: dict[str, Any] = asdict(cfg)
+    if args.seed is not None:
+        options["seed"] = args.seed
+    collected: list[str] = []
+    for chunk in _chunks(args, cfg.batch_size):
+        results = translator.translate_nbest(chunk, need_attention=args.attention, split=not args.no_split, **options)
+        lines = [_as_json(t, r, args.attention) if args.json else (r[0].text if r else "")
+                 for t, r in zip(chunk, results)]
+        if args.output:
+            collected.extend(lines)
+        else:
+            sys.stdout.write("".join(line + "\n" for line in lines))
+            sys.stdout.flush()
+    if args.output:
+        atomic_write_text(Path(args.output), "".join(line + "\n" for line in collected))
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from seqformer.evaluation import score
+
+    src = read_lines(Path(args.src))
+    refs = [read_lines(Path(r)) for r in args.ref]
+    for path, ref in zip(args.ref, refs):
+        if len(ref) != len(src):
+            raise DataError(f"{path} has {len(ref)} lines but {args.src} has {len(src)}: files must be line-aligned")
+    translator = _translator(args)
+    cfg = _decode_config(args)
+    hyps = translator.translate(src, **asdict(cfg))
+    if args.hyp_out:
+        atomic_write_text(Path(args.hyp_out), "".join(h + "\n" for h in hyps))
+    result = score(hyps, refs)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        print(f"BLEU = {result['bleu']:.2f}  ({result['bleu_signature']})")
+        print(f"chrF = {result['chrf']:.2f}  ({result['chrf_signature']})")
+    return 0
+
+
+def average(args: argparse.Namespace) -> int:
+    from seqformer.training.average import average_checkpoints
+
+    out = average_checkpoints(Path(args.run_dir), args.last, Path(args.out) if args.out else None, args.dtype)
+    print(f"averaged model written to {out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,216 @@
+"""Typed, frozen configuration objects, serialised to JSON with a format version.
+
+One dataclass per concern: ``ModelConfig`` (the network), ``TrainConfig`` (the
+recipe) and ``DecodeConfig`` (the search). Each validates itself on creation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from seqformer.errors import ConfigError
+
+FORMAT_VERSION = 1
+
+T = TypeVar("T")
+
+ACTIVATIONS = ("relu", "gelu", "silu", "swish")
+POSITIONALS = ("sinusoidal", "learned")
+SINUSOID_LAYOUTS = ("interleaved", "split")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of an encoder-decoder Transformer (Vaswani et al., 2017)."""
+
+    src_vocab_size: int = 8000
+    tgt_vocab_size: int = 8000
+    d_model: int = 256
+    n_heads: int = 4
+    n_encoder_layers: int = 3
+    n_decoder_layers: int = 3
+    d_ff: int = 1024
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    activation: str = "relu"
+    pre_norm: bool = False
+    positional: str = "sinusoidal"
+    sinusoid_layout: str = "interleaved"
+    max_positions: int = 512
+    scale_embeddings: bool = True
+    share_embeddings: bool = True
+    tie_output: bool = True
+    final_logits_bias: bool = False
+    layer_norm_eps: float = 1e-5
+    pad_id: int = 0
+    unk_id: int = 1
+    bos_id: int = 2
+    eos_id: int = 3
+    decoder_start_id: int = 2
+
+    def __post_init__(self) -> None:
+        _check(self.d_model > 0 and self.d_model % self.n_heads == 0,
+               f"d_model ({self.d_model}) must be a positive multiple of n_heads ({self.n_heads})")
+        _check(self.n_encoder_layers >= 1 and self.n_decoder_layers >= 1, "need at least one layer on each side")
+        _check(self.d_ff > 0, f"d_ff must be positive, found {self.d_ff}")
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            value = getattr(self, name)
+            _check(0.0 <= value < 1.0, f"{name} must be in [0, 1), found {value}")
+        _check(self.activation in ACTIVATIONS, f"activation must be one of {ACTIVATIONS}, found {self.activation!r}")
+        _check(self.positional in POSITIONALS, f"positional must be one of {POSITIONALS}, found {self.positional!r}")
+        _check(self.sinusoid_layout in SINUSOID_LAYOUTS,
+               f"sinusoid_layout must be one of {SINUSOID_LAYOUTS}, found {self.sinusoid_layout!r}")
+        _check(self.max_positions > 1, f"max_positions must be > 1, found {self.max_positions}")
+        if self.share_embeddings:
+            _check(self.src_vocab_size == self.tgt_vocab_size,
+                   "share_embeddings needs equal source and target vocabulary sizes")
+        for name in ("pad_id", "unk_id", "bos_id", "eos_id", "decoder_start_id"):
+            value = getattr(self, name)
+            _check(0 <= value < self.tgt_vocab_size, f"{name} ({value}) outside the target vocabulary")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(d_model=64, n_heads=4, n_encoder_layers=2, n_decoder_layers=2, d_ff=256),
+    "small": dict(d_model=256, n_heads=4, n_encoder_layers=3, n_decoder_layers=3, d_ff=1024),
+    "base": dict(d_model=512, n_heads=8, n_encoder_layers=6, n_decoder_layers=6, d_ff=2048),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training recipe: data, tokenizer, optimisation and checkpointing."""
+
+    train: str = ""
+    valid: str = ""
+    out: str = ""
+    src_lang: str = "en"
+    tgt_lang: str = "fr"
+    preset: str = "small"
+    vocab_size: int = 8000
+    joint_vocab: bool = True
+    tokenizer: str = ""
+    spm_model_type: str = "unigram"
+    spm_sample_lines: int = 1_000_000
+    max_len: int = 256
+    max_tokens: int = 4096
+    update_freq: int = 1
+    lr: float = 1e-3
+    warmup_steps: int = 1000
+    adam_betas: tuple[float, float] = (0.9, 0.98)
+    adam_eps: float = 1e-9
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.1
+    clip_norm: float = 1.0
+    max_steps: int = 0
+    epochs: int = 0
+    max_minutes: float = 0.0
+    precision: str = "auto"
+    seed: int = 1
+    threads: int = 0
+    log_every: int = 50
+    valid_every: int = 1000
+    save_every: int = 1000
+    keep_last: int = 5
+    patience: int = 0
+    valid_bleu_lines: int = 500
+    valid_beam_size: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.preset in PRESETS, f"preset must be one of {tuple(PRESETS)}, found {self.preset!r}")
+        _check(self.vocab_size >= 16, f"vocab_size must be >= 16, found {self.vocab_size}")
+        _check(self.max_tokens > 0 and self.update_freq >= 1, "max_tokens and update_freq must be positive")
+        _check(self.lr > 0 and self.warmup_steps >= 0, "lr must be positive and warmup_steps >= 0")
+        _check(0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), found {self.label_smoothing}")
+        _check(self.precision in ("auto", "fp32", "bf16"),
+               f"precision must be auto, fp32 or bf16, found {self.precision!r}")
+        _check(min(self.max_steps, self.epochs, self.max_minutes) >= 0, "limits must be >= 0")
+        _check(self.max_len > 2, f"max_len must be > 2, found {self.max_len}")
+        _check(self.spm_model_type in ("unigram", "bpe"), "spm_model_type must be unigram or bpe")
+        object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How to search: greedy (beam_size=1), beam search, or sampling."""
+
+    beam_size: int = 4
+    nbest: int = 1
+    length_penalty: float = 1.0
+    max_len_a: float = 1.2
+    max_len_b: int = 10
+    min_len: int = 0
+    sampling: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    batch_size: int = 32
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.beam_size >= 1, f"beam_size must be >= 1, found {self.beam_size}")
+        _check(1 <= self.nbest, f"nbest must be >= 1, found {self.nbest}")
+        if not self.sampling:
+            _check(self.nbest <= self.beam_size, f"nbest ({self.nbest}) cannot exceed beam_size ({self.beam_size})")
+        _check(self.temperature > 0, f"temperature must be > 0, found {self.temperature}")
+        _check(self.top_k >= 0, f"top_k must be >= 0, found {self.top_k}")
+        _check(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], found {self.top_p}")
+        _check(self.max_len_a >= 0 and self.max_len_b >= 1, "max_len_a must be >= 0 and max_len_b >= 1")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, found {self.batch_size}")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type[T], data: dict[str, Any], *, strict: bool = True) -> T:
+    """Build ``cls`` from a dict, rejecting unknown keys (a typo is an error, not a no-op)."""
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown and strict:
+        raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+    return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """Bring a saved config.json up to FORMAT_VERSION (the one place format changes are handled)."""
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ConfigError(f"unsupported model format_version {version!r} (this seqformer reads {FORMAT_VERSION})")
+    return data
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+
+
+def load_recipe(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A JSON recipe: ``{"train": {TrainConfig fields}, "model": {ModelConfig fields}}``."""
+    data = read_json(Path(path))
+    unknown = sorted(set(data) - {"train", "model"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {unknown}; expected 'train' and 'model'")
+    train_fields, model_fields = data.get("train", {}), data.get("model", {})
+    from_dict(TrainConfig, train_fields)  # validate names and values early
+    bad = sorted(set(model_fields) - {f.name for f in fields(ModelConfig)})
+    if bad:
+        raise ConfigError(f"{path}: unknown model field(s) {bad}")
+    return train_fields, model_fields

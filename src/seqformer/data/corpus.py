@@ -1,0 +1,71 @@
+"""Parallel-corpus readers: a TSV file (source TAB target) or a prefix of line-aligned files."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterator
+from pathlib import Path
+
+from seqformer.errors import DataError
+
+
+def open_text(path: Path):
+    """Open plain or gzipped UTF-8 text for reading."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", newline="\n")
+    return open(path, encoding="utf-8", newline="\n")
+
+
+def read_lines(path: Path) -> list[str]:
+    """All lines of a text file without their line endings."""
+    try:
+        with open_text(path) as f:
+            return [line.rstrip("\r\n") for line in f]
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
+    except (OSError, EOFError) as err:
+        raise DataError(f"{path}: cannot read ({err})") from None
+
+
+def _find(prefix: str, lang: str) -> Path:
+    for candidate in (Path(f"{prefix}.{lang}"), Path(f"{prefix}.{lang}.gz")):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"{prefix}: neither {prefix}.{lang} nor {prefix}.{lang}.gz exists")
+
+
+def is_tsv(spec: str) -> bool:
+    return spec.endswith(".tsv") or spec.endswith(".tsv.gz")
+
+
+def read_tsv(path: Path) -> list[tuple[str, str]]:
+    """Read ``source<TAB>target`` lines; extra columns (e.g. attribution) are ignored."""
+    pairs = []
+    for lineno, line in enumerate(read_lines(path), start=1):
+        cols = line.split("\t")
+        if len(cols) < 2:
+            raise DataError(f"{path}:{lineno}: expected 'source<TAB>target', found {len(cols)} column(s)")
+        pairs.append((cols[0].strip(), cols[1].strip()))
+    return pairs
+
+
+def read_pair_files(src_path: Path, tgt_path: Path) -> list[tuple[str, str]]:
+    src, tgt = read_lines(src_path), read_lines(tgt_path)
+    if len(src) != len(tgt):
+        raise DataError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}: files must be line-aligned")
+    return [(s.strip(), t.strip()) for s, t in zip(src, tgt)]
+
+
+def read_parallel(spec: str, src_lang: str = "en", tgt_lang: str = "fr") -> list[tuple[str, str]]:
+    """Resolve DATA as a .tsv[.gz] file or a prefix P of P.<src>[.gz] / P.<tgt>[.gz]."""
+    if is_tsv(spec):
+        return read_tsv(Path(spec))
+    return read_pair_files(_find(spec, src_lang), _find(spec, tgt_lang))
+
+
+def drop_empty(pairs: list[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+    """Training skips pairs with an empty side: they teach nothing but the end token."""
+    return ((s, t) for s, t in pairs if s and t)

@@ -1,0 +1,120 @@
+"""Batched beam search.
+
+Each step ranks ``2 * beam`` candidates per sentence, so hypotheses that end in
+</s> (finalised when they rank inside the top ``beam``) never starve the beam of
+live continuations (as in fairseq). A sentence is done when ``beam`` hypotheses
+have finished; its rows then leave the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from seqformer.config import DecodeConfig
+
+if TYPE_CHECKING:
+    from seqformer.model.transformer import Seq2SeqTransformer
+
+from seqformer.decoding.common import Hypothesis, constrain, normalise
+
+
+@dataclass
+class _Beams:
+    """Live state of all active sentences: K rows each, laid out sentence-major."""
+
+    sents: list[int]  # original sentence index of each active sentence
+    tokens: Tensor  # (N*K, t) emitted tokens, start token excluded
+    scores: Tensor  # (N, K) cumulative log-probabilities
+    attn: Tensor | None = None  # (N*K, L, H, t, S) cross-attention history
+    finished: dict[int, list[Hypothesis]] = field(default_factory=dict)
+
+
+def _select(j: int, k: int, vocab: int, top_s: Tensor, top_i: Tensor, eos: int) -> tuple[list, list]:
+    """Split sentence j's ranked candidates into finished (</s> within the top k) and live ones (first k)."""
+    ended, live = [], []
+    for c, (s, i) in enumerate(zip(top_s[j].tolist(), top_i[j].tolist())):
+        if s == float("-inf"):
+            break
+        beam, tok = divmod(i, vocab)
+        if tok == eos:
+            if c < k:
+                ended.append((j * k + beam, s))
+        elif len(live) < k:
+            live.append((j * k + beam, tok, s))
+    return ended, live
+
+
+def _finish(state: _Beams, b: int, row: int, score: float, cfg: DecodeConfig, step_attn: Tensor | None) -> None:
+    tokens = state.tokens[row].tolist()
+    attn = None
+    if step_attn is not None:
+        past = state.attn[row] if state.attn is not None else None  # (L, H, t, S)
+        now = step_attn[row][:, :, None]  # (L, H, 1, S)
+        attn = now if past is None else torch.cat([past, now], dim=2)
+    hyp = Hypothesis(tokens, normalise(score, len(tokens) + 1, cfg.length_penalty), score, attn)
+    state.finished.setdefault(b, []).append(hyp)
+
+
+@torch.no_grad()
+def beam_search(
+    model: Seq2SeqTransformer,
+    memory: Tensor,
+    src_pad_mask: Tensor,
+    limits: Tensor,
+    cfg: DecodeConfig,
+    need_attention: bool = False,
+) -> list[list[Hypothesis]]:
+    """Beam search for B sentences (memory (B, S, D), limits (B,)); returns the n-best per sentence."""
+    mc, k = model.cfg, cfg.beam_size
+    b_total = memory.size(0)
+    memory = memory.repeat_interleave(k, 0)  # (B*K, S, D)
+    src_pad_mask = src_pad_mask.repeat_interleave(k, 0)  # (B*K, S)
+    row_limits = limits.repeat_interleave(k, 0)  # (B*K,)
+    scores = torch.full((b_total, k), float("-inf"))
+    scores[:, 0] = 0.0  # all beams start identical: expand only the first
+    state = _Beams(sents=list(range(b_total)), tokens=torch.zeros(b_total * k, 0, dtype=torch.long), scores=scores)
+    cache = model.new_cache()
+    last = torch.full((b_total * k, 1), mc.decoder_start_id, dtype=torch.long)  # (N*K, 1)
+    step = 0
+    while state.sents:
+        lp, attn = model.decode_step(last, memory, src_pad_mask, cache, need_weights=need_attention)  # (N*K, V)
+        lp = constrain(lp, step, row_limits, cfg.min_len, mc.eos_id)
+        vocab = lp.size(-1)
+        n = len(state.sents)
+        cand = (state.scores[:, :, None] + lp.view(n, k, vocab)).view(n, k * vocab)  # (N, K*V)
+        top_s, top_i = cand.topk(min(2 * k, k * vocab), dim=-1)  # (N, 2K)
+        step_attn = torch.stack([a[:, :, -1] for a in attn], dim=1) if need_attention else None  # (N*K, L, H, S)
+        rows, toks, new_scores, kept = [], [], [], []
+        for j, b in enumerate(state.sents):
+            ended, live = _select(j, k, vocab, top_s, top_i, mc.eos_id)
+            for row, s in ended:
+                if len(state.finished.get(b, [])) < k:
+                    _finish(state, b, row, s, cfg, step_attn)
+            if len(state.finished.get(b, [])) >= k or not live:
+                continue
+            while len(live) < k:  # tiny vocabularies: pad with dead copies
+                live.append((live[0][0], live[0][1], float("-inf")))
+            kept.append(b)
+            for row, tok, s in live:
+                rows.append(row)
+                toks.append(tok)
+                new_scores.append(s)
+        if not kept:
+            break
+        idx = torch.tensor(rows, dtype=torch.long)
+        new_tok = torch.tensor(toks, dtype=torch.long)
+        cache.reorder(idx)
+        memory, src_pad_mask, row_limits = memory[idx], src_pad_mask[idx], row_limits[idx]
+        if step_attn is not None:
+            now = step_attn[idx][:, :, :, None]  # (N'*K, L, H, 1, S)
+            state.attn = now if state.attn is None else torch.cat([state.attn[idx], now], dim=3)
+        state.tokens = torch.cat([state.tokens[idx], new_tok[:, None]], dim=1)
+        state.scores = torch.tensor(new_scores).view(len(kept), k)
+        state.sents = kept
+        last = new_tok[:, None]
+        step += 1
+    return [sorted(state.finished.get(b, []), key=lambda h: -h.score)[: cfg.nbest] for b in range(b_total)]

@@ -1,0 +1,42 @@
+"""What every search strategy shares: hypotheses, length limits and step constraints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+
+@dataclass
+class Hypothesis:
+    """One output sequence (ids without start/end tokens) with its scores."""
+
+    tokens: list[int]
+    score: float  # length-normalised score used for ranking
+    logprob: float  # total log-probability, end token included
+    attention: Tensor | None = None  # (L, H, T, S) cross-attention, T = len(tokens) + 1
+
+
+def max_lengths(src_lengths: Tensor, a: float, b: int, limit: int) -> Tensor:
+    """Per-sentence output length limit ``a * src_len + b``, capped at the model's positions. (B,) -> (B,)"""
+    return (src_lengths.float() * a + b).floor().long().clamp(min=1, max=limit)
+
+
+def normalise(logprob: float, length: int, alpha: float) -> float:
+    """Length penalty as in fairseq: score / length**alpha (alpha = 0 ranks by raw log-probability)."""
+    return logprob / (length**alpha) if alpha != 0 else logprob
+
+
+def constrain(logprobs: Tensor, step: int, limits: Tensor, min_len: int, eos_id: int) -> Tensor:
+    """Forbid </s> before ``min_len``; force it once a row reaches its length limit.
+
+    logprobs: (N, V) for N rows; limits: (N,) maximum number of tokens before </s>.
+    """
+    if step < min_len:
+        logprobs[:, eos_id] = float("-inf")
+    at_limit = limits <= step  # (N,)
+    if bool(at_limit.any()):
+        eos_col = logprobs[at_limit, eos_id].clone()
+        logprobs[at_limit] = float("-inf")
+        logprobs[at_limit, eos_id] = eos_col
+    return logprobs

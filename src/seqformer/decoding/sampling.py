@@ -1,0 +1,97 @@
+"""Greedy decoding and sampling (temperature, top-k, top-p): one token per row per step.
+
+Rows that emit </s> leave the batch (cache, memory and masks are shrunk), so a
+long sentence does not keep finished short ones computing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from seqformer.config import DecodeConfig
+
+if TYPE_CHECKING:
+    from seqformer.model.transformer import Seq2SeqTransformer
+
+from seqformer.decoding.common import Hypothesis, constrain, normalise
+
+
+def filter_logits(logprobs: Tensor, temperature: float, top_k: int, top_p: float) -> Tensor:
+    """Scale by temperature, then keep the top-k and the smallest top-p nucleus. (N, V) -> (N, V) logits."""
+    logits = logprobs / temperature
+    if top_k > 0 and top_k < logits.size(-1):
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (N, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (N, V)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a token when the mass before it already reaches top_p (the first token always stays).
+        drop_sorted = (cum - sorted_logits.softmax(dim=-1)) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def pick(logprobs: Tensor, cfg: DecodeConfig, gen: torch.Generator | None) -> Tensor:
+    """Choose the next token of each row: argmax, or a draw from the filtered distribution. (N,)"""
+    if not cfg.sampling:
+        return logprobs.argmax(dim=-1)
+    logits = filter_logits(logprobs, cfg.temperature, cfg.top_k, cfg.top_p)
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=gen).squeeze(1)
+
+
+@torch.no_grad()
+def greedy_or_sample(
+    model: Seq2SeqTransformer,
+    memory: Tensor,
+    src_pad_mask: Tensor,
+    limits: Tensor,
+    cfg: DecodeConfig,
+    need_attention: bool = False,
+) -> list[list[Hypothesis]]:
+    """Decode each of the B sentences (memory: (B, S, D)) ``nbest`` times when sampling, once when greedy."""
+    mc = model.cfg
+    copies = cfg.nbest if cfg.sampling else 1
+    memory = memory.repeat_interleave(copies, 0)  # (N, S, D)
+    src_pad_mask = src_pad_mask.repeat_interleave(copies, 0)  # (N, S)
+    limits = limits.repeat_interleave(copies, 0)  # (N,)
+    n = memory.size(0)
+    gen = torch.Generator().manual_seed(cfg.seed) if cfg.sampling and cfg.seed is not None else None
+    cache = model.new_cache()
+    rows = torch.arange(n)  # original row of each active row
+    last = torch.full((n, 1), mc.decoder_start_id, dtype=torch.long)  # (N, 1)
+    outputs: list[list[int]] = [[] for _ in range(n)]
+    logprob = [0.0] * n
+    attn_steps: list[list[Tensor]] = [[] for _ in range(n)]
+    results: list[Hypothesis | None] = [None] * n
+    step = 0
+    while rows.numel() > 0:
+        lp, attn = model.decode_step(last, memory, src_pad_mask, cache, need_weights=need_attention)  # (N, V)
+        lp = constrain(lp, step, limits, cfg.min_len, mc.eos_id)
+        tok = pick(lp, cfg, gen)  # (N,)
+        tok_lp = lp.gather(1, tok[:, None]).squeeze(1)  # (N,)
+        step_attn = torch.stack([a[:, :, -1] for a in attn], dim=1) if need_attention else None  # (N, L, H, S)
+        keep = []
+        for j, (r, t, s) in enumerate(zip(rows.tolist(), tok.tolist(), tok_lp.tolist())):
+            logprob[r] += s
+            if step_attn is not None:
+                attn_steps[r].append(step_attn[j])
+            if t == mc.eos_id:
+                length = len(outputs[r]) + 1
+                att = torch.stack(attn_steps[r], dim=2) if need_attention else None  # (L, H, T, S)
+                results[r] = Hypothesis(outputs[r], normalise(logprob[r], length, cfg.length_penalty), logprob[r], att)
+            else:
+                outputs[r].append(t)
+                keep.append(j)
+        step += 1
+        if len(keep) < rows.numel():
+            idx = torch.tensor(keep, dtype=torch.long)
+            cache.reorder(idx)
+            memory, src_pad_mask, limits = memory[idx], src_pad_mask[idx], limits[idx]
+            rows, tok = rows[idx], tok[idx]
+        last = tok[:, None]
+    grouped = [results[i * copies : (i + 1) * copies] for i in range(n // copies)]
+    return [sorted(g, key=lambda h: -h.score) for g in grouped]  # type: ignore[arg-type, union-attr]

@@ -1,0 +1,149 @@
+"""Self-contained model directories and atomic file writes.
+
+A model directory holds ``config.json`` (format version, model and tokenizer
+config), ``model.safetensors``, the SentencePiece model(s) and ``training.json``.
+No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from seqformer.config import (
+    FORMAT_VERSION,
+    ModelConfig,
+    from_dict,
+    migrate,
+    read_json,
+    to_dict,
+)
+from seqformer.data.tokenizer import Tokenizer
+from seqformer.errors import ModelDirError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def export_state(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The state dict with tied aliases removed (a shared tensor is stored once)."""
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in model.state_dict().items():
+        key = tensor.data_ptr()
+        if key in seen:
+            continue
+        seen.add(key)
+        t = tensor.detach().contiguous().clone()
+        out[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+    return out
+
+
+def import_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Load tensors saved by :func:`export_state`, filling tied aliases; any mismatch is an error."""
+    expected = export_state(model)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ModelDirError(f"{source}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    params = dict(model.state_dict())
+    for name, value in tensors.items():
+        if params[name].shape != value.shape:
+            raise ModelDirError(f"{source}: {name} has shape {tuple(value.shape)}, config expects {tuple(params[name].shape)}")
+    with torch.no_grad():
+        for name, value in tensors.items():
+            params[name].copy_(value.to(params[name].dtype))
+
+
+@dataclass
+class ModelDir:
+    """Everything read from a model directory."""
+
+    path: Path
+    model_cfg: ModelConfig
+    tokenizer: Tokenizer
+    meta: dict[str, Any]
+
+    @property
+    def src_lang(self) -> str:
+        return self.meta.get("src_lang", "")
+
+    @property
+    def tgt_lang(self) -> str:
+        return self.meta.get("tgt_lang", "")
+
+
+def write_config(out: Path, model_cfg: ModelConfig, src_spm: str, tgt_spm: str, src_lang: str, tgt_lang: str,
+                 weights_dtype: str = "float32") -> None:
+    config = {
+        "format_version": FORMAT_VERSION,
+        "model": to_dict(model_cfg),
+        "tokenizer": {"type": "sentencepiece", "src": src_spm, "tgt": tgt_spm},
+        "src_lang": src_lang,
+        "tgt_lang": tgt_lang,
+        "weights_dtype": weights_dtype,
+    }
+    atomic_write_text(Path(out) / "config.json", json.dumps(config, indent=2) + "\n")
+
+
+def save_weights(path: Path, model: nn.Module, dtype: torch.dtype | None = None) -> None:
+    atomic_write_bytes(Path(path), st_save(export_state(model, dtype)))
+
+
+def read_model_dir(path: Path) -> ModelDir:
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelDirError(f"{path}: model directory not found")
+    data = migrate(read_json(path / "config.json"))
+    try:
+        model_cfg = from_dict(ModelConfig, data["model"])
+        tok = data["tokenizer"]
+        tokenizer = Tokenizer.load(path / tok["src"], path / tok["tgt"])
+    except KeyError as err:
+        raise ModelDirError(f"{path / 'config.json'}: missing key {err}") from None
+    return ModelDir(path=path, model_cfg=model_cfg, tokenizer=tokenizer, meta=data)
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelDirError(f"{path}: weights file not found")
+    try:
+        return st_load(path.read_bytes())
+    except (SafetensorError, ValueError, RuntimeError) as err:
+        raise ModelDirError(f"{path}: corrupt or truncated weights ({err})") from None
+
+
+def copy_tokenizer(src_files: list[Path], out: Path) -> None:
+    for f in src_files:
+        target = Path(out) / Path(f).name
+        if Path(f).resolve() != target.resolve():
+            shutil.copyfile(f, target)

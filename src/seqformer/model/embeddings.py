@@ -1,0 +1,65 @@
+"""Token embeddings (scaled by sqrt(d_model)) and positional encodings."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def sinusoid_table(n_positions: int, dim: int, layout: str = "interleaved") -> Tensor:
+    """Fixed sinusoidal encodings (Vaswani et al. 2017, section 3.5).
+
+    ``interleaved`` puts sin at even and cos at odd channels as in the paper;
+    ``split`` puts all sines first, then all cosines (Marian / OPUS-MT).
+    """
+    position = torch.arange(n_positions, dtype=torch.float64)[:, None]  # (P, 1)
+    half = dim // 2
+    inv_freq = torch.exp(-math.log(10000.0) * torch.arange(0, half, dtype=torch.float64) * 2 / dim)  # (D/2,)
+    angles = position * inv_freq[None, :]  # (P, D/2)
+    table = torch.zeros(n_positions, dim, dtype=torch.float64)
+    if layout == "interleaved":
+        table[:, 0 : 2 * half : 2] = torch.sin(angles)
+        table[:, 1 : 2 * half : 2] = torch.cos(angles)
+    else:
+        # Marian's layout: sin in [0, D/2), cos in [D/2, D); odd D leaves the last channel 0.
+        sentinel = dim // 2 if dim % 2 == 0 else (dim // 2) + 1
+        table[:, :sentinel] = torch.sin(angles[:, :sentinel])
+        table[:, sentinel : sentinel + half] = torch.cos(angles[:, : dim - sentinel])
+    return table.float()
+
+
+class PositionalEncoding(nn.Module):
+    """Adds position information: fixed sinusoids (a buffer) or learned vectors (a parameter)."""
+
+    def __init__(self, kind: str, max_positions: int, dim: int, layout: str = "interleaved") -> None:
+        super().__init__()
+        self.kind = kind
+        self.max_positions = max_positions
+        if kind == "learned":
+            self.weight = nn.Parameter(torch.randn(max_positions, dim) * dim**-0.5)
+        else:
+            self.register_buffer("table", sinusoid_table(max_positions, dim, layout), persistent=False)
+
+    def forward(self, length: int, offset: int = 0) -> Tensor:
+        """Encodings for positions ``offset .. offset+length-1``: (length, D)."""
+        if offset + length > self.max_positions:
+            raise ValueError(f"sequence of {offset + length} positions exceeds max_positions={self.max_positions}")
+        table = self.weight if self.kind == "learned" else self.table
+        return table[offset : offset + length]  # (T, D)
+
+
+class TokenEmbedding(nn.Module):
+    """Embedding lookup, multiplied by sqrt(d_model) when ``scale`` is set."""
+
+    def __init__(self, vocab_size: int, dim: int, pad_id: int, scale: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(vocab_size, dim))
+        nn.init.normal_(self.weight, mean=0.0, std=dim**-0.5)
+        with torch.no_grad():
+            self.weight[pad_id].zero_()
+        self.scale = math.sqrt(dim) if scale else 1.0
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return nn.functional.embedding(tokens, self.weight) * self.scale  # (B, T, D)

@@ -1,0 +1,134 @@
+"""The encoder-decoder. ``encode`` and ``decode_step`` are all a search strategy needs."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seqformer.config import ModelConfig
+from seqformer.decoding.cache import DecoderCache
+from seqformer.model.embeddings import PositionalEncoding, TokenEmbedding
+from seqformer.model.layers import DecoderLayer, EncoderLayer
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: ModelConfig, embed: TokenEmbedding) -> None:
+        super().__init__()
+        self.embed = embed
+        self.positions = PositionalEncoding(cfg.positional, cfg.max_positions, cfg.d_model, cfg.sinusoid_layout)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
+        self.final_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.pre_norm else None
+
+    def forward(self, src: Tensor, src_pad_mask: Tensor) -> Tensor:
+        """src: (B, S) token ids; src_pad_mask: (B, S) True = padding. Returns (B, S, D)."""
+        x = self.dropout(self.embed(src) + self.positions(src.size(1)))  # (B, S, D)
+        mask = src_pad_mask if bool(src_pad_mask.any()) else None
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.final_norm(x) if self.final_norm is not None else x
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: ModelConfig, embed: TokenEmbedding) -> None:
+        super().__init__()
+        self.embed = embed
+        self.positions = PositionalEncoding(cfg.positional, cfg.max_positions, cfg.d_model, cfg.sinusoid_layout)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
+        self.final_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.pre_norm else None
+
+    def forward(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        src_pad_mask: Tensor | None,
+        cache: DecoderCache | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, list[Tensor]]:
+        """tgt: (B, T) ids (only new positions when ``cache`` is given); memory: (B, S, D).
+
+        Returns hidden states (B, T, D) and per-layer cross-attention weights (B, H, T, S).
+        """
+        offset = cache.step if cache is not None else 0
+        x = self.dropout(self.embed(tgt) + self.positions(tgt.size(1), offset))  # (B, T, D)
+        attentions = []
+        for i, layer in enumerate(self.layers):
+            layer_cache = cache.layers[i] if cache is not None else None
+            x, weights = layer(x, memory, src_pad_mask, layer_cache, need_weights)
+            if weights is not None:
+                attentions.append(weights)
+        if cache is not None:
+            cache.step += tgt.size(1)
+        return (self.final_norm(x) if self.final_norm is not None else x), attentions
+
+
+class Seq2SeqTransformer(nn.Module):
+    """Vaswani et al. (2017) encoder-decoder with optional pre-norm, learned positions and tying."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        src_embed = TokenEmbedding(cfg.src_vocab_size, cfg.d_model, cfg.pad_id, cfg.scale_embeddings)
+        tgt_embed = src_embed if cfg.share_embeddings else TokenEmbedding(
+            cfg.tgt_vocab_size, cfg.d_model, cfg.pad_id, cfg.scale_embeddings
+        )
+        self.encoder = Encoder(cfg, src_embed)
+        self.decoder = Decoder(cfg, tgt_embed)
+        self.output = None if cfg.tie_output else nn.Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False)
+        self.final_logits_bias = nn.Parameter(torch.zeros(cfg.tgt_vocab_size)) if cfg.final_logits_bias else None
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for name, p in self.named_parameters():
+            if p.dim() == 2 and "embed" not in name and "positions" not in name:
+                nn.init.xavier_uniform_(p)
+            elif name.endswith(".bias") and "norm" not in name:
+                nn.init.zeros_(p)
+
+    @property
+    def output_weight(self) -> Tensor:
+        return self.decoder.embed.weight if self.output is None else self.output.weight
+
+    def encode(self, src: Tensor, src_pad_mask: Tensor) -> Tensor:
+        """src: (B, S); src_pad_mask: (B, S) True = padding. Returns memory (B, S, D)."""
+        return self.encoder(src, src_pad_mask)
+
+    def project(self, hidden: Tensor) -> Tensor:
+        """Hidden states (..., D) to vocabulary logits (..., V)."""
+        logits = F.linear(hidden, self.output_weight)  # (..., V)
+        if self.final_logits_bias is not None:
+            logits = logits + self.final_logits_bias
+        return logits
+
+    def decode(self, memory: Tensor, src_pad_mask: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced decoder states for all positions: (B, T, D). tgt_in: (B, T)."""
+        mask = src_pad_mask if bool(src_pad_mask.any()) else None
+        hidden, _ = self.decoder(tgt_in, memory, mask)
+        return hidden
+
+    def forward(self, src: Tensor, src_pad_mask: Tensor, tgt_in: Tensor) -> Tensor:
+        """Logits (B, T, V) for every target position, given the shifted target ``tgt_in`` (B, T)."""
+        return self.project(self.decode(self.encode(src, src_pad_mask), src_pad_mask, tgt_in))
+
+    def new_cache(self) -> DecoderCache:
+        return DecoderCache.empty(len(self.decoder.layers))
+
+    def decode_step(
+        self,
+        tokens: Tensor,
+        memory: Tensor,
+        src_pad_mask: Tensor,
+        cache: DecoderCache,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, list[Tensor]]:
+        """One incremental step. tokens: (B, 1) the last emitted token of each row.
+
+        Returns log-probabilities (B, V) in float32 and, if asked, per-layer
+        cross-attention weights (B, H, 1, S). ``cache`` is updated in place.
+        """
+        mask = src_pad_mask if bool(src_pad_mask.any()) else None
+        hidden, attn = self.decoder(tokens, memory, mask, cache, need_weights)  # (B, 1, D)
+        logits = self.project(hidden[:, -1])  # (B, V)
+        return logits.float().log_softmax(dim=-1), attn

@@ -1,0 +1,45 @@
+"""Checkpoint averaging: the mean of the last N checkpoints' weights, written as a model directory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from seqformer.config import ModelConfig, from_dict, read_json
+from seqformer.errors import ModelDirError
+from seqformer.io import atomic_write_bytes, import_state, save_weights
+from seqformer.model.transformer import Seq2SeqTransformer
+from seqformer.training.checkpoint import list_checkpoints, model_tensors
+
+
+def average_tensors(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of the model tensors of ``paths`` (accumulated in float64)."""
+    total: dict[str, torch.Tensor] = {}
+    for path in paths:
+        for name, value in model_tensors(path).items():
+            acc = total.setdefault(name, torch.zeros_like(value, dtype=torch.float64))
+            acc += value.double()
+    return {name: (acc / len(paths)).float() for name, acc in total.items()}
+
+
+def average_checkpoints(run_dir: Path, last: int, out: Path | None = None, dtype: str = "float32") -> Path:
+    """Average the newest ``last`` checkpoints of ``run_dir`` into ``out`` (default: ``run_dir``)."""
+    paths = list_checkpoints(run_dir / "checkpoints")[-last:]
+    if not paths:
+        raise ModelDirError(f"{run_dir / 'checkpoints'}: no checkpoints to average")
+    out = Path(out) if out is not None else Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = read_json(run_dir / "config.json")
+    model = Seq2SeqTransformer(from_dict(ModelConfig, config["model"]))
+    import_state(model, average_tensors(paths), f"average of {len(paths)} checkpoints")
+    if out.resolve() != Path(run_dir).resolve():
+        for name in {config["tokenizer"]["src"], config["tokenizer"]["tgt"]}:
+            shutil.copyfile(run_dir / name, out / name)
+    config["weights_dtype"] = dtype
+    config["averaged_from"] = [p.name for p in paths]
+    atomic_write_bytes(out / "config.json", (json.dumps(config, indent=2) + "\n").encode())
+    save_weights(out / "model.safetensors", model, torch.float16 if dtype == "float16" else None)
+    return out

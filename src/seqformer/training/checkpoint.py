@@ -1,0 +1,134 @@
+"""Training checkpoints: one safetensors file per save (model, optimizer, RNG) with the
+trainer's position in JSON metadata and a SHA-256 of the tensors. Written atomically,
+verified on load; a damaged file is reported and the previous good one is used."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as st_save
+
+from seqformer.errors import ModelDirError
+from seqformer.io import atomic_write_bytes, export_state, import_state
+
+_NAME = re.compile(r"^ckpt-(\d{8})\.safetensors$")
+
+
+@dataclass
+class TrainState:
+    """Where training stands: enough to continue exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_metric: float | None = None
+    bad_validations: int = 0
+    elapsed_s: float = 0.0
+    skipped_steps: int = 0
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).clone()
+    return tensors, sd["param_groups"]
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]) -> dict[str, Any]:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = value
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    return {"state": state, "param_groups": groups}
+
+
+def checkpoint_path(directory: Path, step: int) -> Path:
+    return Path(directory) / f"ckpt-{step:08d}.safetensors"
+
+
+def save_checkpoint(directory: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: TrainState) -> Path:
+    tensors = {f"model.{k}": v for k, v in export_state(model).items()}
+    opt_tensors, groups = _flatten_optimizer(opt)
+    tensors.update(opt_tensors)
+    tensors["rng.torch"] = torch.get_rng_state()
+    meta = {"state": json.dumps(state.__dict__), "param_groups": json.dumps(groups), "sha256": _digest(tensors)}
+    path = checkpoint_path(directory, state.step)
+    atomic_write_bytes(path, st_save(tensors, metadata=meta))
+    return path
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Checkpoint files in step order."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if _NAME.match(p.name))
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a checkpoint, after verifying its checksum."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise ModelDirError(f"{path}: unreadable checkpoint ({err})") from None
+    if meta.get("sha256") != _digest(tensors):
+        raise ModelDirError(f"{path}: checksum mismatch (file is corrupt)")
+    return tensors, meta
+
+
+def load_latest(directory: Path) -> tuple[Path, dict[str, torch.Tensor], dict[str, str]] | None:
+    """The newest checkpoint that verifies; damaged newer ones are reported and skipped."""
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            tensors, meta = read_checkpoint(path)
+        except ModelDirError as err:
+            warnings.warn(f"{err}; falling back to the previous checkpoint", stacklevel=2)
+            continue
+        return path, tensors, meta
+    return None
+
+
+def restore(model: torch.nn.Module, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+            meta: dict[str, str], source: str) -> TrainState:
+    """Load model, optimizer and RNG from a checkpoint; returns the trainer position."""
+    import_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, source)
+    opt.load_state_dict(_unflatten_optimizer(tensors, json.loads(meta["param_groups"])))
+    torch.set_rng_state(tensors["rng.torch"])
+    return TrainState(**json.loads(meta["state"]))
+
+
+def model_tensors(path: Path) -> dict[str, torch.Tensor]:
+    tensors, _ = read_checkpoint(path)
+    return {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+
+
+def prune(directory: Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` checkpoints."""
+    if keep_last <= 0:
+        return
+    for path in list_checkpoints(directory)[:-keep_last]:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,64 @@
+"""Training data preparation: read the corpus, train or load the tokenizer, encode."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from seqformer.config import TrainConfig
+from seqformer.data.batching import Example
+from seqformer.data.corpus import drop_empty, read_parallel
+from seqformer.data.tokenizer import EOS, Tokenizer, train_sentencepiece
+from seqformer.errors import DataError
+from seqformer.io import copy_tokenizer
+
+log = logging.getLogger("seqformer")
+
+
+@dataclass
+class PreparedData:
+    tokenizer: Tokenizer
+    spm_files: tuple[str, str]  # file names inside the output directory (src, tgt)
+    train: list[Example]
+    valid: list[tuple[str, str]]
+
+
+def _tokenizer_files(cfg: TrainConfig, out: Path, pairs: list[tuple[str, str]]) -> tuple[str, str]:
+    if cfg.tokenizer:
+        files = [Path(p) for p in cfg.tokenizer.split(",")]
+        copy_tokenizer(files, out)
+        names = [f.name for f in files]
+        return names[0], names[-1]
+    if cfg.joint_vocab:
+        if not (out / "spm.model").is_file():
+            log.info("training a joint SentencePiece model (%d pieces)", cfg.vocab_size)
+            train_sentencepiece([s for p in pairs for s in p], out / "spm.model", cfg.vocab_size,
+                                cfg.spm_model_type, cfg.spm_sample_lines, cfg.seed)
+        return "spm.model", "spm.model"
+    for name, side in (("src.spm", 0), ("tgt.spm", 1)):
+        if not (out / name).is_file():
+            train_sentencepiece([p[side] for p in pairs], out / name, cfg.vocab_size,
+                                cfg.spm_model_type, cfg.spm_sample_lines, cfg.seed)
+    return "src.spm", "tgt.spm"
+
+
+def encode_pairs(tok: Tokenizer, pairs: list[tuple[str, str]], max_len: int) -> list[Example]:
+    """Encode and drop pairs longer than ``max_len`` subwords on either side (counted in the log)."""
+    src_ids = tok.encode_src([s for s, _ in pairs])
+    tgt_ids = tok.encode_tgt([t for _, t in pairs])
+    examples = [(s + [EOS], t) for s, t in zip(src_ids, tgt_ids) if len(s) < max_len and len(t) < max_len]
+    if len(examples) < len(pairs):
+        log.info("dropped %d pairs longer than max_len=%d", len(pairs) - len(examples), max_len)
+    return examples
+
+
+def prepare(cfg: TrainConfig, out: Path) -> PreparedData:
+    pairs = list(drop_empty(read_parallel(cfg.train, cfg.src_lang, cfg.tgt_lang)))
+    if not pairs:
+        raise DataError(f"{cfg.train}: no non-empty sentence pairs")
+    valid = read_parallel(cfg.valid, cfg.src_lang, cfg.tgt_lang) if cfg.valid else []
+    valid = list(drop_empty(valid))
+    src_name, tgt_name = _tokenizer_files(cfg, out, pairs)
+    tok = Tokenizer.load(out / src_name, out / tgt_name)
+    return PreparedData(tok, (src_name, tgt_name), encode_pairs(tok, pairs, cfg.max_len), valid)

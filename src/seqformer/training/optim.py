@@ -1,0 +1,78 @@
+"""The optimisation recipe: Adam(0.9, 0.98, 1e-9), linear warmup then inverse-sqrt decay,
+and the label-smoothed loss computed only on real (non-padding) target positions."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from seqformer.config import TrainConfig
+from seqformer.data.batching import Batch
+from seqformer.model.transformer import Seq2SeqTransformer
+
+
+def inverse_sqrt_lr(step: int, peak: float, warmup: int) -> float:
+    """Learning rate at (1-based) ``step``: linear ramp to ``peak`` over ``warmup`` steps, then peak*sqrt(warmup/step)."""
+    step = max(step, 1)
+    if warmup == 0:
+        return peak / math.sqrt(step)
+    return peak * min(step / warmup, math.sqrt(warmup / step))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam:
+    return torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay
+    ) if cfg.weight_decay > 0 else torch.optim.Adam(
+        model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps
+    )
+
+
+def batch_loss(model: Seq2SeqTransformer, batch: Batch, label_smoothing: float) -> tuple[Tensor, Tensor, int]:
+    """Summed label-smoothed loss, summed NLL (for reporting), and the number of target tokens.
+
+    Logits are computed only at non-padding positions: the output projection is the
+    most expensive matrix product of a small model, so padding there is pure waste.
+    """
+    hidden = model.decode(model.encode(batch.src, batch.src_pad_mask), batch.src_pad_mask, batch.tgt_in)  # (B, T, D)
+    real = batch.tgt_out.ne(batch.pad_id)  # (B, T) True = real token
+    logits = model.project(hidden[real])  # (N, V)
+    labels = batch.tgt_out[real]  # (N,)
+    return smoothed_loss(logits, labels, label_smoothing) + (int(labels.numel()),)
+
+
+class _SmoothedCrossEntropy(torch.autograd.Function):
+    """Label-smoothed cross-entropy with a hand-written backward.
+
+    Autograd's version materialises several (N, V) temporaries (log-softmax grad,
+    gather grad, mean grad); here the gradient softmax - target is formed in place
+    in the one saved buffer, which matters when V is large and the model small.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, labels: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+        lprobs = logits.float().log_softmax(dim=-1)  # (N, V)
+        nll = -lprobs.gather(1, labels[:, None]).squeeze(1)  # (N,)
+        loss = (1.0 - eps) * nll - eps * lprobs.mean(dim=-1) if eps > 0 else nll
+        ctx.save_for_backward(lprobs, labels)
+        ctx.eps, ctx.dtype = eps, logits.dtype
+        return loss.sum(), nll.sum()
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, grad_nll: Tensor):  # noqa: ARG004 - the NLL is for reporting only
+        lprobs, labels = ctx.saved_tensors
+        grad = lprobs.exp_()  # (N, V) softmax, reusing the saved buffer
+        if ctx.eps > 0:
+            grad.sub_(ctx.eps / grad.size(-1))
+        grad.scatter_add_(1, labels[:, None], torch.full_like(labels[:, None], ctx.eps - 1.0, dtype=grad.dtype))
+        return grad.mul_(grad_loss).to(ctx.dtype), None, None
+
+
+def smoothed_loss(logits: Tensor, labels: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Summed label-smoothed cross-entropy and summed NLL. logits: (N, V), labels: (N,).
+
+    The smoothed target puts 1 - eps on the label and eps spread uniformly over the vocabulary.
+    """
+    loss, nll = _SmoothedCrossEntropy.apply(logits, labels, eps)
+    return loss, nll.detach()

@@ -1,0 +1,116 @@
+"""The Python API for translation: ``Translator.load(model_dir).translate([...])``."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seqformer.config import DecodeConfig
+from seqformer.data.batching import encode_source, pad
+from seqformer.decoding import Hypothesis, generate
+from seqformer.io import ModelDir, import_state, load_weights, read_model_dir
+from seqformer.model.transformer import Seq2SeqTransformer
+from seqformer.segment import join_pieces, split_sentences
+
+
+@dataclass
+class Translation:
+    """One hypothesis: detokenised text, its score and (on request) cross-attention."""
+
+    text: str
+    score: float
+    logprob: float
+    tokens: list[str]
+    attention: list[list[float]] | None = None  # (T, S), averaged over layers and heads
+    src_tokens: list[str] | None = None
+
+
+def default_model_dir() -> Path:
+    """The English->French model shipped inside the package."""
+    return Path(__file__).parent / "models" / "en-fr"
+
+
+class Translator:
+    """A loaded model directory ready to translate batches of sentences."""
+
+    def __init__(self, model: Seq2SeqTransformer, model_dir: ModelDir) -> None:
+        self.model = model.eval()
+        self.dir = model_dir
+        self.tokenizer = model_dir.tokenizer
+        self.max_src_len = model.cfg.max_positions
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, quantize: str | None = None) -> Translator:
+        """Load a model directory (the bundled model when ``path`` is None)."""
+        mdir = read_model_dir(Path(path) if path is not None else default_model_dir())
+        model = Seq2SeqTransformer(mdir.model_cfg)
+        import_state(model, load_weights(mdir.path / "model.safetensors"), str(mdir.path / "model.safetensors"))
+        model.eval()
+        if quantize == "int8":
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        return cls(model, mdir)
+
+    def translate(self, texts: list[str], **options: Any) -> list[str]:
+        """Best translation of each text. Options are :class:`DecodeConfig` fields (beam_size, ...)."""
+        return [nbest[0].text if nbest else "" for nbest in self.translate_nbest(texts, **options)]
+
+    def translate_nbest(self, texts: list[str], need_attention: bool = False, split: bool = True,
+                        **options: Any) -> list[list[Translation]]:
+        """n-best translations with scores for each text; empty input gives an empty result.
+
+        With ``split`` (default), a text of several sentences is translated sentence by
+        sentence and the best translations joined, so long input is never truncated.
+        """
+        cfg = DecodeConfig(**options)
+        pieces: list[str] = []
+        owner: list[int] = []
+        for i, text in enumerate(texts):
+            parts = split_sentences(text) if split else [text.strip()]
+            pieces.extend(parts)
+            owner.extend([i] * len(parts))
+        results = self._translate_segments(pieces, cfg, need_attention)
+        grouped: list[list[list[Translation]]] = [[] for _ in texts]
+        for i, res in zip(owner, results):
+            grouped[i].append(res)
+        return [join_pieces(g) for g in grouped]
+
+    def _translate_segments(self, texts: list[str], cfg: DecodeConfig, need_attention: bool) -> list[list[Translation]]:
+        ids = self.tokenizer.encode_src(texts)
+        eos = self.model.cfg.eos_id
+        for t, seq in zip(texts, ids):
+            if len(seq) + 1 > self.max_src_len:
+                warnings.warn(f"input of {len(seq)} subwords truncated to {self.max_src_len - 1}: {t[:40]!r}...",
+                              stacklevel=3)
+        src = [encode_source(seq, eos, self.max_src_len) for seq in ids]
+        order = sorted(range(len(texts)), key=lambda i: -len(src[i]))
+        out: list[list[Translation]] = [[] for _ in texts]
+        for start in range(0, len(order), cfg.batch_size):
+            chunk = [i for i in order[start : start + cfg.batch_size] if texts[i]]
+            if not chunk:
+                continue
+            batch = pad([src[i] for i in chunk], self.model.cfg.pad_id)  # (B, S)
+            hyps = generate(self.model, batch, batch.eq(self.model.cfg.pad_id), cfg, need_attention)
+            for i, nbest in zip(chunk, hyps):
+                out[i] = [self._to_translation(h, src[i], need_attention) for h in nbest]
+        return out
+
+    def _to_translation(self, hyp: Hypothesis, src_ids: list[int], need_attention: bool) -> Translation:
+        tok = self.tokenizer
+        attention = None
+        if need_attention and hyp.attention is not None:
+            attention = hyp.attention.float().mean(dim=(0, 1))[:, : len(src_ids)].tolist()  # (T, S)
+        return Translation(
+            text=tok.decode_tgt([hyp.tokens])[0],
+            score=hyp.score,
+            logprob=hyp.logprob,
+            tokens=tok.tgt_pieces(hyp.tokens),
+            attention=attention,
+            src_tokens=[tok.src.id_to_piece(i) for i in src_ids] if need_attention else None,
+        )
+
+    def with_options(self, **options: Any) -> DecodeConfig:
+        return replace(DecodeConfig(), **options)
