@@ -1,4 +1,4 @@
-"""Command line: ``seqformer train | translate | evaluate | average``.
+"""Command line: ``seqformer train | translate | evaluate | average | serve | attention``.
 
 Training and decoding flags map one-to-one onto the fields of ``TrainConfig``,
 ``ModelConfig`` and ``DecodeConfig`` (``--warmup-steps`` sets ``warmup_steps``).
@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--last", type=int, default=5, help="number of checkpoints to average")
     p.add_argument("--out", help="model directory to write (default: RUN_DIR itself)")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+
+    p = sub.add_parser("import-marian", help="convert a local Hugging Face Marian / OPUS-MT directory to a model directory")
+    p.add_argument("hf_dir", help="directory with config.json, model.safetensors or pytorch_model.bin, *.spm, vocab.json")
+    p.add_argument("out_dir", help="seqformer model directory to write")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="dtype of the saved weights")
+    _add_serving_parsers(sub)
     return parser
 
 
@@ -98,6 +104,23 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model directory (default: the bundled English-French model)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: PyTorch's choice)")
     p.add_argument("--quantize", choices=("none", "int8"), default="none", help="dynamic int8 linear layers")
+
+
+def _add_serving_parsers(sub) -> None:
+    from seqformer.serve.settings import ServeConfig
+
+    p = sub.add_parser("serve", help="HTTP translation service and web page (needs seqformer[serve])")
+    _add_model_args(p)
+    add_dataclass_args(p, ServeConfig, title="service (ServeConfig)")
+
+    p = sub.add_parser("attention", help="plot the cross-attention of a translation as a PNG (needs seqformer[plot])")
+    p.add_argument("text", help="the sentence to translate")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--layer", type=int, default=None, help="one decoder layer, 0-based (default: average of all)")
+    p.add_argument("--head", type=int, default=None, help="one attention head, 0-based (default: average of all)")
+    _add_model_args(p)
+    add_dataclass_args(p, DecodeConfig, skip=_DECODE_SKIP | {"sampling", "temperature", "top_k", "top_p", "nbest"},
+                       title="decoding (DecodeConfig)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -108,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from seqformer import commands
 
     try:
-        return getattr(commands, args.command)(args)
+        return getattr(commands, args.command.replace("-", "_"))(args)
     except SeqformerError as err:
         print(f"seqformer: error: {err}", file=sys.stderr)
         return 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -29,7 +30,8 @@ def train(args: argparse.Namespace) -> int:
     if not cfg.train or not cfg.out:
         raise DataError("train needs --train DATA and --out DIR (or a --config that sets them)")
     out = run_training(cfg, model_fields, resume=args.resume, progress=not args.quiet)
-    print(f"model written to {out}", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, only rank 0 reports
+        print(f"model written to {out}", file=sys.stderr)
     return 0
 
 
@@ -70,6 +72,7 @@ def _as_json(text: str, nbest: list, with_attention: bool) -> str:
     hyps = []
     for h in nbest:
         d = asdict(h)
+        d.pop("head_attention", None)  # per-head weights are for the server and plots
         if not with_attention:
             d.pop("attention")
             d.pop("src_tokens")
@@ -125,4 +128,34 @@ def average(args: argparse.Namespace) -> int:
 
     out = average_checkpoints(Path(args.run_dir), args.last, Path(args.out) if args.out else None, args.dtype)
     print(f"averaged model written to {out}", file=sys.stderr)
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    from seqformer.serve.server import check_installed, check_model, run
+    from seqformer.serve.settings import ServeConfig
+
+    cfg = from_dict(ServeConfig, picked(args, ServeConfig))
+    check_installed()
+    check_model(args.model)
+    run(_translator(args), cfg)
+    return 0
+
+
+def attention(args: argparse.Namespace) -> int:
+    from seqformer.plot import render
+
+    best, matrix = render(_translator(args), args.text, Path(args.out), args.layer, args.head,
+                          **asdict(_decode_config(args)))
+    print(best.text)
+    print(f"cross-attention ({len(matrix)} target x {len(matrix[0])} source subwords) written to {args.out}",
+          file=sys.stderr)
+    return 0
+
+
+def import_marian(args: argparse.Namespace) -> int:
+    from seqformer.marian import import_marian as convert
+
+    out = convert(Path(args.hf_dir), Path(args.out_dir), args.dtype)
+    print(f"model written to {out}", file=sys.stderr)
     return 0

@@ -135,8 +135,8 @@ class TrainConfig:
         _check(self.max_tokens > 0 and self.update_freq >= 1, "max_tokens and update_freq must be positive")
         _check(self.lr > 0 and self.warmup_steps >= 0, "lr must be positive and warmup_steps >= 0")
         _check(0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), found {self.label_smoothing}")
-        _check(self.precision in ("auto", "fp32", "bf16"),
-               f"precision must be auto, fp32 or bf16, found {self.precision!r}")
+        _check(self.precision in ("auto", "fp32", "bf16", "fp16"),
+               f"precision must be auto, fp32, bf16 or fp16 (GPU only), found {self.precision!r}")
         _check(min(self.max_steps, self.epochs, self.max_minutes) >= 0, "limits must be >= 0")
         _check(self.max_len > 2, f"max_len must be > 2, found {self.max_len}")
         _check(self.spm_model_type in ("unigram", "bpe"), "spm_model_type must be unigram or bpe")

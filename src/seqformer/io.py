@@ -42,6 +42,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; model files are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -102,11 +103,12 @@ class ModelDir:
 
 
 def write_config(out: Path, model_cfg: ModelConfig, src_spm: str, tgt_spm: str, src_lang: str, tgt_lang: str,
-                 weights_dtype: str = "float32") -> None:
+                 weights_dtype: str = "float32", tokenizer_extra: dict[str, Any] | None = None) -> None:
+    """``tokenizer_extra``: optional tokenizer keys (src_vocab, tgt_vocab, lang_tags; see Tokenizer.from_config)."""
     config = {
         "format_version": FORMAT_VERSION,
         "model": to_dict(model_cfg),
-        "tokenizer": {"type": "sentencepiece", "src": src_spm, "tgt": tgt_spm},
+        "tokenizer": {"type": "sentencepiece", "src": src_spm, "tgt": tgt_spm, **(tokenizer_extra or {})},
         "src_lang": src_lang,
         "tgt_lang": tgt_lang,
         "weights_dtype": weights_dtype,
@@ -126,7 +128,7 @@ def read_model_dir(path: Path) -> ModelDir:
     try:
         model_cfg = from_dict(ModelConfig, data["model"])
         tok = data["tokenizer"]
-        tokenizer = Tokenizer.load(path / tok["src"], path / tok["tgt"])
+        tokenizer = Tokenizer.from_config(path, tok)
     except KeyError as err:
         raise ModelDirError(f"{path / 'config.json'}: missing key {err}") from None
     return ModelDir(path=path, model_cfg=model_cfg, tokenizer=tokenizer, meta=data)

@@ -27,6 +27,7 @@ class Translation:
     tokens: list[str]
     attention: list[list[float]] | None = None  # (T, S), averaged over layers and heads
     src_tokens: list[str] | None = None
+    head_attention: list | None = None  # (L, H, T, S) per layer and head, only with per_head=True
 
 
 def default_model_dir() -> Path:
@@ -45,10 +46,19 @@ class Translator:
 
     @classmethod
     def load(cls, path: str | Path | None = None, quantize: str | None = None) -> Translator:
-        """Load a model directory (the bundled model when ``path`` is None)."""
-        mdir = read_model_dir(Path(path) if path is not None else default_model_dir())
-        model = Seq2SeqTransformer(mdir.model_cfg)
-        import_state(model, load_weights(mdir.path / "model.safetensors"), str(mdir.path / "model.safetensors"))
+        """Load a model directory (the bundled model when ``path`` is None).
+
+        A Hugging Face Marian / OPUS-MT directory is converted in memory (see :mod:`seqformer.marian`).
+        """
+        from seqformer.marian import is_marian_dir, load_marian
+
+        path = Path(path) if path is not None else default_model_dir()
+        if is_marian_dir(path):
+            mdir, model = load_marian(path)
+        else:
+            mdir = read_model_dir(path)
+            model = Seq2SeqTransformer(mdir.model_cfg)
+            import_state(model, load_weights(mdir.path / "model.safetensors"), str(mdir.path / "model.safetensors"))
         model.eval()
         if quantize == "int8":
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
@@ -59,26 +69,30 @@ class Translator:
         return [nbest[0].text if nbest else "" for nbest in self.translate_nbest(texts, **options)]
 
     def translate_nbest(self, texts: list[str], need_attention: bool = False, split: bool = True,
-                        **options: Any) -> list[list[Translation]]:
+                        per_head: bool = False, **options: Any) -> list[list[Translation]]:
         """n-best translations with scores for each text; empty input gives an empty result.
 
         With ``split`` (default), a text of several sentences is translated sentence by
         sentence and the best translations joined, so long input is never truncated.
+        With ``need_attention`` and ``per_head``, hypotheses also carry per-layer, per-head weights.
         """
         cfg = DecodeConfig(**options)
         pieces: list[str] = []
         owner: list[int] = []
         for i, text in enumerate(texts):
-            parts = split_sentences(text) if split else [text.strip()]
+            tag, body = self.tokenizer.split_lang_tag(text.strip())  # ('', text) unless the model uses >>xx<< tags
+            parts = split_sentences(body) if split else [body.strip()]
+            parts = [f"{tag} {part}" if tag and part else part for part in parts]  # each sentence keeps the tag
             pieces.extend(parts)
             owner.extend([i] * len(parts))
-        results = self._translate_segments(pieces, cfg, need_attention)
+        results = self._translate_segments(pieces, cfg, need_attention, per_head)
         grouped: list[list[list[Translation]]] = [[] for _ in texts]
         for i, res in zip(owner, results):
             grouped[i].append(res)
         return [join_pieces(g) for g in grouped]
 
-    def _translate_segments(self, texts: list[str], cfg: DecodeConfig, need_attention: bool) -> list[list[Translation]]:
+    def _translate_segments(self, texts: list[str], cfg: DecodeConfig, need_attention: bool,
+                            per_head: bool = False) -> list[list[Translation]]:
         ids = self.tokenizer.encode_src(texts)
         eos = self.model.cfg.eos_id
         for t, seq in zip(texts, ids):
@@ -95,21 +109,24 @@ class Translator:
             batch = pad([src[i] for i in chunk], self.model.cfg.pad_id)  # (B, S)
             hyps = generate(self.model, batch, batch.eq(self.model.cfg.pad_id), cfg, need_attention)
             for i, nbest in zip(chunk, hyps):
-                out[i] = [self._to_translation(h, src[i], need_attention) for h in nbest]
+                out[i] = [self._to_translation(h, src[i], need_attention, per_head) for h in nbest]
         return out
 
-    def _to_translation(self, hyp: Hypothesis, src_ids: list[int], need_attention: bool) -> Translation:
+    def _to_translation(self, hyp: Hypothesis, src_ids: list[int], need_attention: bool,
+                        per_head: bool = False) -> Translation:
         tok = self.tokenizer
-        attention = None
+        attention = heads = None
         if need_attention and hyp.attention is not None:
             attention = hyp.attention.float().mean(dim=(0, 1))[:, : len(src_ids)].tolist()  # (T, S)
+            heads = hyp.attention.float()[..., : len(src_ids)].tolist() if per_head else None  # (L, H, T, S)
         return Translation(
             text=tok.decode_tgt([hyp.tokens])[0],
             score=hyp.score,
             logprob=hyp.logprob,
             tokens=tok.tgt_pieces(hyp.tokens),
             attention=attention,
-            src_tokens=[tok.src.id_to_piece(i) for i in src_ids] if need_attention else None,
+            src_tokens=tok.src_id_pieces(src_ids) if need_attention else None,
+            head_attention=heads,
         )
 
     def with_options(self, **options: Any) -> DecodeConfig:

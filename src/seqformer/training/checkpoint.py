@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
-from seqformer.errors import ModelDirError
+from seqformer.errors import ModelDirError, SeqformerError
 from seqformer.io import atomic_write_bytes, export_state, import_state
 
 _NAME = re.compile(r"^ckpt-(\d{8})\.safetensors$")
@@ -48,7 +48,7 @@ def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
     tensors = {}
     for idx, state in sd["state"].items():
         for key, value in state.items():
-            tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).clone()
+            tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).detach().cpu().clone()
     return tensors, sd["param_groups"]
 
 
@@ -61,22 +61,40 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict[str
     for g in groups:
         if "betas" in g:
             g["betas"] = tuple(g["betas"])
-    return {"state": state, "param_groups": groups}
+    return {"state": dict(sorted(state.items())), "param_groups": groups}  # numeric order, as saved
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:
     return Path(directory) / f"ckpt-{step:08d}.safetensors"
 
 
-def save_checkpoint(directory: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: TrainState) -> Path:
-    tensors = {f"model.{k}": v for k, v in export_state(model).items()}
+def save_checkpoint(directory: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: TrainState,
+                    extra: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``ckpt-<step>.safetensors`` atomically; ``extra`` holds more tensors (per-rank RNG, loss scale).
+
+    A failed write (disk full, I/O error) raises SeqformerError and leaves older checkpoints as they were.
+    """
+    tensors = {f"model.{k}": v.cpu() for k, v in export_state(model).items()}
     opt_tensors, groups = _flatten_optimizer(opt)
     tensors.update(opt_tensors)
     tensors["rng.torch"] = torch.get_rng_state()
+    tensors.update({k: v.cpu() for k, v in (extra or {}).items()})
     meta = {"state": json.dumps(state.__dict__), "param_groups": json.dumps(groups), "sha256": _digest(tensors)}
     path = checkpoint_path(directory, state.step)
-    atomic_write_bytes(path, st_save(tensors, metadata=meta))
+    try:
+        atomic_write_bytes(path, st_save(tensors, metadata=meta))
+    except OSError as err:
+        raise SeqformerError(f"{path}: cannot write checkpoint ({err.strerror or err}); "
+                             "older checkpoints are intact, free space and continue with --resume") from None
     return path
+
+
+def remove_partial(directory: Path) -> None:
+    """Delete temporary files left by a process killed while writing a checkpoint."""
+    directory = Path(directory)
+    if directory.is_dir():
+        for tmp in directory.glob(".ckpt-*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
@@ -113,11 +131,19 @@ def load_latest(directory: Path) -> tuple[Path, dict[str, torch.Tensor], dict[st
 
 
 def restore(model: torch.nn.Module, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
-            meta: dict[str, str], source: str) -> TrainState:
-    """Load model, optimizer and RNG from a checkpoint; returns the trainer position."""
+            meta: dict[str, str], source: str, rank: int = 0) -> TrainState:
+    """Load model, optimizer and this rank's RNG from a checkpoint; returns the trainer position.
+
+    Rank 0's CPU generator is ``rng.torch``; other ranks' are ``rng.torch.<rank>`` (left seeded
+    as they are if the checkpoint came from a run with fewer processes).
+    """
     import_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, source)
     opt.load_state_dict(_unflatten_optimizer(tensors, json.loads(meta["param_groups"])))
-    torch.set_rng_state(tensors["rng.torch"])
+    cpu_key = "rng.torch" if rank == 0 else f"rng.torch.{rank}"
+    if cpu_key in tensors:
+        torch.set_rng_state(tensors[cpu_key])
+    if torch.cuda.is_available() and f"rng.cuda.{rank}" in tensors:
+        torch.cuda.set_rng_state(tensors[f"rng.cuda.{rank}"])
     return TrainState(**json.loads(meta["state"]))
 
 

@@ -24,12 +24,16 @@ class PreparedData:
     valid: list[tuple[str, str]]
 
 
-def _tokenizer_files(cfg: TrainConfig, out: Path, pairs: list[tuple[str, str]]) -> tuple[str, str]:
+def _tokenizer_files(cfg: TrainConfig, out: Path, pairs: list[tuple[str, str]], write: bool) -> tuple[str, str]:
+    """Names of the tokenizer files in ``out``; with ``write``, copy or train them there first."""
     if cfg.tokenizer:
         files = [Path(p) for p in cfg.tokenizer.split(",")]
-        copy_tokenizer(files, out)
+        if write:
+            copy_tokenizer(files, out)
         names = [f.name for f in files]
         return names[0], names[-1]
+    if not write:
+        return ("spm.model", "spm.model") if cfg.joint_vocab else ("src.spm", "tgt.spm")
     if cfg.joint_vocab:
         if not (out / "spm.model").is_file():
             log.info("training a joint SentencePiece model (%d pieces)", cfg.vocab_size)
@@ -53,12 +57,13 @@ def encode_pairs(tok: Tokenizer, pairs: list[tuple[str, str]], max_len: int) -> 
     return examples
 
 
-def prepare(cfg: TrainConfig, out: Path) -> PreparedData:
+def prepare(cfg: TrainConfig, out: Path, write: bool = True) -> PreparedData:
+    """Read and encode the corpus; ``write=False`` (ranks other than 0) only loads the tokenizer rank 0 wrote."""
     pairs = list(drop_empty(read_parallel(cfg.train, cfg.src_lang, cfg.tgt_lang)))
     if not pairs:
         raise DataError(f"{cfg.train}: no non-empty sentence pairs")
     valid = read_parallel(cfg.valid, cfg.src_lang, cfg.tgt_lang) if cfg.valid else []
     valid = list(drop_empty(valid))
-    src_name, tgt_name = _tokenizer_files(cfg, out, pairs)
+    src_name, tgt_name = _tokenizer_files(cfg, out, pairs, write)
     tok = Tokenizer.load(out / src_name, out / tgt_name)
     return PreparedData(tok, (src_name, tgt_name), encode_pairs(tok, pairs, cfg.max_len), valid)

@@ -1,5 +1,6 @@
-"""The training loop: token batches, warmup + inverse-sqrt Adam, label smoothing, bf16
-autocast, validation (loss + BLEU), atomic checkpoints and exact resume."""
+"""The training loop: token batches, warmup + inverse-sqrt Adam, label smoothing, mixed
+precision, validation (loss + BLEU), atomic checkpoints and exact resume, on one process
+or several (``torchrun``; see :mod:`seqformer.training.distributed`)."""
 
 from __future__ import annotations
 
@@ -8,42 +9,32 @@ import logging
 import math
 import signal
 import time
-from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+from torch import Tensor, nn
 from tqdm import tqdm
 
-from seqformer.config import (
-    PRESETS,
-    ModelConfig,
-    TrainConfig,
-    from_dict,
-    read_json,
-    to_dict,
-)
+from seqformer.config import PRESETS, ModelConfig, TrainConfig, from_dict, read_json, to_dict
 from seqformer.data.batching import Batch, bucket_batches, collate
-from seqformer.errors import ConfigError, SeqformerError
+from seqformer.errors import ConfigError, DataError, ModelDirError, SeqformerError
 from seqformer.io import atomic_write_text, save_weights, write_config
 from seqformer.model.transformer import Seq2SeqTransformer
 from seqformer.training import checkpoint as ckpt
+from seqformer.training import distributed
+from seqformer.training.amp import Amp, bf16_supported
 from seqformer.training.data import PreparedData, encode_pairs, prepare
+from seqformer.training.distributed import Dist, shard
 from seqformer.training.optim import batch_loss, inverse_sqrt_lr, make_optimizer
+from seqformer.training.rundir import check_space, prepare_out
+from seqformer.training.runlog import RunLog
 from seqformer.training.validate import validate
 
+__all__ = ["Trainer", "bf16_supported", "build_model_config", "train"]
 log = logging.getLogger("seqformer")
 MAX_BAD_STEPS = 20
-
-
-def bf16_supported() -> bool:
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported())  # noqa: SLF001
-    except AttributeError:
-        return False
 
 
 def build_model_config(cfg: TrainConfig, data: PreparedData, overrides: dict[str, Any]) -> ModelConfig:
@@ -57,36 +48,82 @@ def build_model_config(cfg: TrainConfig, data: PreparedData, overrides: dict[str
     return from_dict(ModelConfig, fields)
 
 
+class LossModule(nn.Module):
+    """The model with its training loss as ``forward``, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: Seq2SeqTransformer, label_smoothing: float) -> None:
+        super().__init__()
+        self.model, self.label_smoothing = model, label_smoothing
+
+    def forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        loss, nll, _ = batch_loss(self.model, batch, self.label_smoothing)
+        return loss, nll
+
+
+class Group(NamedTuple):
+    """One update: this rank's batches and the token counts of the global batch (all ranks)."""
+
+    batches: list[Batch]
+    n_tgt: int
+    n_src: int
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    if device.type == "cpu":
+        return batch
+    move = {name: getattr(batch, name).to(device, non_blocking=True) for name in ("src", "src_pad_mask", "tgt_in", "tgt_out")}
+    return replace(batch, **move)
+
+
+def _rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
 class Trainer:
     """Owns the model, optimizer and position of one training run in ``cfg.out``."""
 
-    def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig, data: PreparedData, progress: bool = True) -> None:
+    def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig, data: PreparedData, progress: bool = True,
+                 dist: Dist | None = None) -> None:
         self.cfg, self.model_cfg, self.data = cfg, model_cfg, data
+        self.dist = dist or Dist()
+        self.device = self.dist.device
         self.out = Path(cfg.out)
         self.ckpt_dir = self.out / "checkpoints"
-        self.model = Seq2SeqTransformer(model_cfg)
+        self.model = Seq2SeqTransformer(model_cfg).to(self.device)
         self.opt = make_optimizer(self.model, cfg)
+        self.amp = Amp(cfg.precision, self.device)
+        self.loss_fn = self.dist.wrap(LossModule(self.model, cfg.label_smoothing))
+        if self.dist.rank:  # same initial weights everywhere, different dropout masks per rank
+            torch.manual_seed(cfg.seed + self.dist.rank)
         self.state = ckpt.TrainState()
-        self.progress = progress
-        self.use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported())
+        self.progress = progress and self.dist.is_main
+        self.runlog = RunLog(self.out, enabled=self.dist.is_main)
         self.lengths = [(len(s), len(t) + 1) for s, t in data.train]
-        self.valid_examples = encode_pairs(data.tokenizer, data.valid, cfg.max_len) if data.valid else []
+        # Only rank 0 validates and writes the model directory.
+        main_valid = data.valid if self.dist.is_main else []
+        self.valid_examples = encode_pairs(data.tokenizer, main_valid, cfg.max_len) if main_valid else []
         self.stop_signal: int | None = None
         self._bad_in_row = 0
         self._batches: tuple[int, list[list[int]]] = (-1, [])
-
-    def autocast(self):
-        if not self.use_bf16:
-            return nullcontext()
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        self._window = (0, time.perf_counter())  # tokens since the last log line, and when it was written
+        self._saved_step = -1  # the step the newest checkpoint holds
 
     def resume(self) -> bool:
         found = ckpt.load_latest(self.ckpt_dir)
         if found is None:
+            if ckpt.list_checkpoints(self.ckpt_dir):
+                raise ModelDirError(f"{self.ckpt_dir}: no checkpoint verifies (all are damaged); "
+                                    "move them away to start afresh")
             return False
         path, tensors, meta = found
-        self.state = ckpt.restore(self.model, self.opt, tensors, meta, str(path))
+        self.state = ckpt.restore(self.model, self.opt, tensors, meta, str(path), self.dist.rank)
+        self.amp.load_state_tensors(tensors)
+        self._saved_step = self.state.step
         log.info("resumed from %s (step %d)", path, self.state.step)
+        saved_world = 1 + sum(name.startswith("rng.torch.") for name in tensors)
+        if saved_world != self.dist.world_size:
+            log.warning("the checkpoint was written by %d process(es), this run has %d: the global batch "
+                        "changes by that factor (adjust --update-freq to keep it)", saved_world, self.dist.world_size)
         return True
 
     def epoch_batches(self) -> list[list[int]]:
@@ -96,56 +133,69 @@ class Trainer:
                                                               self.state.epoch))
         return self._batches[1]
 
-    def next_group(self) -> list[Batch]:
-        """The next ``update_freq`` batches, advancing epochs as needed."""
-        group = []
-        while len(group) < self.cfg.update_freq:
+    def next_indices(self) -> list[list[int]]:
+        """The example indices of the next ``update_freq * world_size`` batches, advancing epochs as needed.
+
+        Every rank walks the same batches, so the position in the epoch is the same everywhere.
+        """
+        group: list[list[int]] = []
+        while len(group) < self.cfg.update_freq * self.dist.world_size:
             batches = self.epoch_batches()
             if self.state.batch_in_epoch >= len(batches):
                 self.state.epoch += 1
                 self.state.batch_in_epoch = 0
                 continue
-            idx = batches[self.state.batch_in_epoch]
+            group.append(batches[self.state.batch_in_epoch])
             self.state.batch_in_epoch += 1
-            mc = self.model_cfg
-            group.append(collate([self.data.train[i] for i in idx], mc.pad_id, mc.decoder_start_id, mc.eos_id))
         return group
 
-    def train_step(self, group: list[Batch]) -> dict[str, float]:
-        """One optimizer update over ``group``; the loss is normalised by its target tokens."""
+    def next_group(self) -> Group:
+        """This rank's share of the next global batch, collated."""
+        group = self.next_indices()
+        mc = self.model_cfg
+        mine = [collate([self.data.train[i] for i in idx], mc.pad_id, mc.decoder_start_id, mc.eos_id)
+                for idx in shard(group, self.dist)]
+        return Group(mine, sum(self.lengths[i][1] for idx in group for i in idx),
+                     sum(self.lengths[i][0] for idx in group for i in idx))
+
+    def train_step(self, group: Group) -> dict[str, float]:
+        """One optimizer update; the loss is normalised by the global batch's target tokens."""
         self.model.train()
         lr = inverse_sqrt_lr(self.state.step + 1, self.cfg.lr, self.cfg.warmup_steps)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        n_tokens = sum(b.n_tgt_tokens for b in group)
-        total_loss = total_nll = 0.0
         self.opt.zero_grad(set_to_none=True)
-        for batch in group:
-            with self.autocast():
-                loss, nll, _ = batch_loss(self.model, batch, self.cfg.label_smoothing)
-            (loss / n_tokens).backward()
-            total_loss += float(loss.detach())
-            total_nll += float(nll)
+        norm = group.n_tgt / self.dist.world_size  # DDP averages gradients over ranks: undo its 1/world_size
+        totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # summed loss, summed NLL
+        for i, batch in enumerate(group.batches):
+            with self.dist.no_sync(self.loss_fn, skip=i < len(group.batches) - 1):
+                with self.amp.autocast():
+                    loss, nll = self.loss_fn(_to_device(batch, self.device))
+                self.amp.scale(loss / norm).backward()
+            totals += torch.stack([loss.detach().double(), nll.double()])
+        total_loss, total_nll = self.dist.all_sum(totals).tolist()
         if not math.isfinite(total_loss):
-            return self._skip_step()
+            return self._skip_step(unscaled=False)
+        self.amp.unscale(self.opt)
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm or float("inf"))
         if not torch.isfinite(gnorm):
-            return self._skip_step()
+            return self._skip_step(unscaled=True)
         self._bad_in_row = 0
-        self.opt.step()
+        self.amp.step(self.opt)
         self.state.step += 1
-        src_tokens = sum(b.n_src_tokens for b in group)
-        return {"loss": total_loss / n_tokens, "nll": total_nll / n_tokens, "lr": lr,
-                "tokens": n_tokens + src_tokens, "gnorm": float(gnorm)}
+        return {"loss": total_loss / group.n_tgt, "nll": total_nll / group.n_tgt, "lr": lr,
+                "tokens": group.n_tgt + group.n_src, "gnorm": float(gnorm)}
 
-    def _skip_step(self) -> dict[str, float]:
+    def _skip_step(self, unscaled: bool) -> dict[str, float]:
         self.opt.zero_grad(set_to_none=True)
+        self.amp.skipped(unscaled)
         self.state.skipped_steps += 1
         self._bad_in_row += 1
+        log.warning("skipped an update with a NaN/inf loss or gradient (%d in a row)", self._bad_in_row)
         if self._bad_in_row >= MAX_BAD_STEPS:
             raise SeqformerError(
                 f"{MAX_BAD_STEPS} updates in a row had a NaN/inf loss or gradient: lower --lr "
-                f"(now {self.cfg.lr}) or train with --precision fp32")
+                f"(now {self.cfg.lr}) or train with --precision fp32 (now {self.amp.name})")
         return {}
 
     def done(self) -> bool:
@@ -162,16 +212,29 @@ class Trainer:
         return self.stop_signal is not None
 
     def save(self) -> None:
-        ckpt.save_checkpoint(self.ckpt_dir, self.model, self.opt, self.state)
+        """Write a checkpoint: every rank contributes its RNG state, rank 0 writes the file."""
+        rng = self.dist.gather(_rng_state(self.device))
+        self._saved_step = self.state.step
+        if not self.dist.is_main:
+            return
+        extra = {f"rng.torch.{r}": cpu for r, (cpu, _) in enumerate(rng) if r > 0}
+        extra.update({f"rng.cuda.{r}": gpu for r, (_, gpu) in enumerate(rng) if gpu is not None})
+        extra.update(self.amp.state_tensors())
+        ckpt.save_checkpoint(self.ckpt_dir, self.model, self.opt, self.state, extra)
         ckpt.prune(self.ckpt_dir, self.cfg.keep_last)
 
     def write_model(self) -> None:
         """Write the current weights as the directory's model (best so far, or last without validation)."""
-        save_weights(self.out / "model.safetensors", self.model)
+        if not self.dist.is_main:
+            return
         info = {"train_config": to_dict(self.cfg), "step": self.state.step, "epoch": self.state.epoch,
                 "elapsed_s": round(self.state.elapsed_s, 1), "best_valid": self.state.best_metric,
-                "precision": "bf16" if self.use_bf16 else "fp32", "torch": torch.__version__}
-        atomic_write_text(self.out / "training.json", json.dumps(info, indent=2) + "\n")
+                "precision": self.amp.name, "world_size": self.dist.world_size, "torch": torch.__version__}
+        try:
+            save_weights(self.out / "model.safetensors", self.model)
+            atomic_write_text(self.out / "training.json", json.dumps(info, indent=2) + "\n")
+        except OSError as err:
+            raise SeqformerError(f"{self.out}: cannot write the model ({err.strerror or err})") from None
 
     def run_validation(self) -> dict[str, float]:
         metrics = validate(self.model, self.data.tokenizer, self.valid_examples, self.data.valid, self.cfg)
@@ -184,50 +247,54 @@ class Trainer:
             s.bad_validations += 1
         return metrics
 
-    def log_line(self, record: dict[str, Any]) -> None:
-        with open(self.out / "train_log.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
     def fit(self) -> None:
-        cfg = self.cfg
-        bar = tqdm(total=cfg.max_steps or None, initial=self.state.step, disable=not self.progress,
+        self.runlog.truncate(self.state.step)  # drop records a killed run wrote after its last checkpoint
+        bar = tqdm(total=self.cfg.max_steps or None, initial=self.state.step, disable=not self.progress,
                    dynamic_ncols=True, unit="step")
-        window_tokens, window_start = 0, time.perf_counter()
+        self._window = (0, time.perf_counter())
         last_tick = time.perf_counter()
-        while not self.done():
-            stats = self.train_step(self.next_group())
-            now = time.perf_counter()
-            self.state.elapsed_s += now - last_tick
-            last_tick = now
-            if not stats:
-                continue
-            window_tokens += stats["tokens"]
-            step = self.state.step
-            if step % cfg.log_every == 0:
-                tps = window_tokens / max(now - window_start, 1e-9)
-                window_tokens, window_start = 0, now
-                self.log_line({"step": step, "epoch": self.state.epoch, **{k: round(v, 6) for k, v in stats.items()},
+        try:
+            while not self.dist.any(self.done()):
+                stats = self.train_step(self.next_group())
+                now = time.perf_counter()
+                self.state.elapsed_s += now - last_tick
+                if stats:
+                    self._after_step(stats, bar, now)
+                last_tick = time.perf_counter()
+            bar.close()
+            self.finish()
+        finally:
+            self.runlog.close()
+
+    def _after_step(self, stats: dict[str, float], bar: tqdm, now: float) -> None:
+        """Log, validate and checkpoint as the schedule says."""
+        cfg, step = self.cfg, self.state.step
+        tokens, start = self._window
+        self._window = (tokens + int(stats["tokens"]), start)
+        if step % cfg.log_every == 0:
+            tps = self._window[0] / max(now - start, 1e-9)
+            self._window = (0, now)
+            rounded = {k: v if k == "lr" else round(v, 6) for k, v in stats.items()}  # lr: all its digits
+            self.runlog.write({"step": step, "epoch": self.state.epoch, **rounded,
                                "tok_per_s": round(tps), "elapsed_s": round(self.state.elapsed_s, 1)})
-                bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.2e}", tok_s=f"{tps:.0f}")
-            bar.update(1)
-            if self.valid_examples and step % cfg.valid_every == 0:
-                metrics = self.run_validation()
-                self.log_line({"step": step, **metrics})
-                bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
-            if step % cfg.save_every == 0:
-                self.save()
-            last_tick = time.perf_counter()
-        bar.close()
-        self.finish()
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.2e}", tok_s=f"{tps:.0f}")
+        bar.update(1)
+        if self.valid_examples and step % cfg.valid_every == 0:
+            metrics = self.run_validation()
+            self.runlog.write({"step": step, **metrics})
+            bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+        if step % cfg.save_every == 0:
+            self.save()
 
     def finish(self) -> None:
-        self.save()
+        if self._saved_step != self.state.step:
+            self.save()
         if self.stop_signal is not None:
             log.warning("stopped by signal %d at step %d; continue with --resume", self.stop_signal, self.state.step)
             return
         if self.valid_examples:
             metrics = self.run_validation()
-            self.log_line({"step": self.state.step, "final": True, **metrics})
+            self.runlog.write({"step": self.state.step, "final": True, **metrics})
         else:
             self.write_model()
 
@@ -241,38 +308,50 @@ def _existing_model_config(out: Path) -> ModelConfig | None:
 
 def train(cfg: TrainConfig, model_overrides: dict[str, Any] | None = None, resume: bool = False,
           progress: bool = True) -> Path:
-    """Train a model into ``cfg.out`` (a model directory); returns its path."""
+    """Train a model into ``cfg.out`` (a model directory); returns its path.
+
+    Under ``torchrun`` each process calls this; rank 0 prepares the directory and tokenizer first.
+    """
     if not cfg.out:
         raise ConfigError("an output directory is required (--out)")
     if not (cfg.max_steps or cfg.epochs or cfg.max_minutes):
         cfg = replace(cfg, epochs=10)
+    d = distributed.setup()
+    if not d.is_main:
+        log.setLevel(logging.WARNING)
+    try:
+        trainer = _make_trainer(cfg, model_overrides or {}, resume, progress, d)
+        if resume and not trainer.resume():
+            log.info("no checkpoint in %s: starting from scratch", trainer.ckpt_dir)
+        with _signals_saved(trainer):
+            trainer.fit()
+    finally:
+        distributed.shutdown(d)
+    return Path(cfg.out)
+
+
+def _make_trainer(cfg: TrainConfig, overrides: dict[str, Any], resume: bool, progress: bool, d: Dist) -> Trainer:
     out = Path(cfg.out)
-    _prepare_out(out, resume)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    data = prepare(cfg, out)
-    model_cfg = (_existing_model_config(out) if resume else None) or build_model_config(cfg, data, model_overrides or {})
-    write_config(out, model_cfg, data.spm_files[0], data.spm_files[1], cfg.src_lang, cfg.tgt_lang)
-    trainer = Trainer(cfg, model_cfg, data, progress)
-    if resume and not trainer.resume():
-        log.info("no checkpoint in %s: starting from scratch", trainer.ckpt_dir)
-    with _signals_saved(trainer):
-        trainer.fit()
-    return out
 
+    def prepare_main() -> tuple[PreparedData, ModelConfig]:
+        prepare_out(out, resume)
+        data = prepare(cfg, out)
+        model_cfg = (_existing_model_config(out) if resume else None) or build_model_config(cfg, data, overrides)
+        write_config(out, model_cfg, data.spm_files[0], data.spm_files[1], cfg.src_lang, cfg.tgt_lang)
+        return data, model_cfg
 
-def _prepare_out(out: Path, resume: bool) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "checkpoints").mkdir(exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError(f"{out}: output directory is not writable ({err.strerror})") from None
-    if not resume and ckpt.list_checkpoints(out / "checkpoints"):
-        raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue, or choose a new --out")
+    prepared = d.main_first(prepare_main)
+    if prepared is None:  # another rank: rank 0 has written the tokenizer and config.json
+        prepared = prepare(cfg, out, write=False), _existing_model_config(out)
+    data, model_cfg = prepared
+    if not data.train:
+        raise DataError(f"{cfg.train}: no sentence pair is shorter than max_len={cfg.max_len} subwords")
+    trainer = Trainer(cfg, model_cfg, data, progress, d)
+    d.main_first(lambda: check_space(out, trainer.model))
+    return trainer
 
 
 class _signals_saved:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from dataclasses import replace
+
 import sacrebleu
 import torch
 
@@ -16,10 +19,14 @@ from seqformer.training.optim import batch_loss
 @torch.no_grad()
 def valid_nll(model: Seq2SeqTransformer, examples: list[Example], max_tokens: int) -> float:
     mc = model.cfg
+    device = next(model.parameters()).device
     total = count = 0.0
     lengths = [(len(s), len(t) + 1) for s, t in examples]
     for idx in bucket_batches(lengths, max_tokens, seed=0, epoch=0):
         batch = collate([examples[i] for i in idx], mc.pad_id, mc.decoder_start_id, mc.eos_id)
+        if device.type != "cpu":
+            batch = replace(batch, src=batch.src.to(device), src_pad_mask=batch.src_pad_mask.to(device),
+                            tgt_in=batch.tgt_in.to(device), tgt_out=batch.tgt_out.to(device))
         _, nll, n = batch_loss(model, batch, 0.0)
         total += float(nll)
         count += n
@@ -48,7 +55,9 @@ def validate(model: Seq2SeqTransformer, tok: Tokenizer, examples: list[Example],
         subset = pairs[: cfg.valid_bleu_lines]
         mc = model.cfg
         src = [encode_source(s, mc.eos_id, mc.max_positions) for s in tok.encode_src([s for s, _ in subset])]
-        hyps = tok.decode_tgt(translate_ids(model, src, DecodeConfig(beam_size=cfg.valid_beam_size, batch_size=64)))
+        # decoding/ builds its tensors on the CPU, so a GPU model is decoded from a CPU copy
+        cpu_model = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu().eval()
+        hyps = tok.decode_tgt(translate_ids(cpu_model, src, DecodeConfig(beam_size=cfg.valid_beam_size, batch_size=64)))
         metrics["bleu"] = sacrebleu.corpus_bleu(hyps, [[t for _, t in subset]]).score
     model.train()
     return metrics

@@ -1,0 +1,84 @@
+"""The FastAPI application: ``POST /translate``, ``GET /health``, ``GET /info`` and the page at ``/``.
+
+(No ``from __future__ import annotations`` here: FastAPI reads the route's
+annotations at runtime, and the request model is built inside ``create_app``.)
+"""
+
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+
+from seqformer.config import DecodeConfig, to_dict
+from seqformer.serve.batcher import Batcher
+from seqformer.serve.limits import BodyLimit, install_error_handlers
+from seqformer.serve.schemas import ErrorBody, TranslateResponse, request_model
+from seqformer.serve.service import options_of, texts_of, translate_batch
+from seqformer.serve.settings import ServeConfig
+from seqformer.translator import Translator
+
+PAGE = Path(__file__).resolve().parent.parent / "static" / "index.html"
+_ERRORS = {413: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+
+
+def create_app(translator: Translator, cfg: ServeConfig | None = None) -> FastAPI:
+    """An app serving ``translator``; the batcher starts and stops with the app's lifespan."""
+    from seqformer import __version__
+
+    cfg = cfg or ServeConfig()
+    batcher = Batcher(partial(translate_batch, translator), cfg.max_batch, cfg.batch_window_ms / 1000, cfg.max_queue)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="seqformer", version=__version__, lifespan=lifespan,
+                  description=f"{translator.dir.src_lang or '?'}->{translator.dir.tgt_lang or '?'} translation")
+    app.state.batcher = batcher
+    app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
+    install_error_handlers(app)
+    translate_request = request_model(cfg, translator.model.cfg.tgt_vocab_size)
+    info = _info(translator, cfg, __version__)
+
+    @app.post("/translate", response_model=TranslateResponse, responses=_ERRORS)
+    async def translate(req: translate_request) -> dict:
+        """Translate ``text`` or ``texts``; concurrent requests are batched together."""
+        texts = texts_of(req)
+        opts = options_of(req, cfg.max_batch)
+        results = await batcher.submit(texts, opts, solo=opts.solo)
+        return {"results": [{"input": t, "translations": r} for t, r in zip(texts, results)]}
+
+    @app.get("/health")
+    async def health() -> dict:
+        s = batcher.stats
+        return {"status": "ok", "queued": batcher.queued, "batches": s.batches, "requests": s.requests,
+                "largest_batch": s.largest_batch}
+
+    @app.get("/info")
+    async def get_info() -> dict:
+        return info
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    return app
+
+
+def _info(translator: Translator, cfg: ServeConfig, version: str) -> dict:
+    mdir = translator.dir
+    limits = {k: v for k, v in to_dict(cfg).items() if k not in ("host", "port", "access_log")}
+    return {
+        "name": "seqformer",
+        "version": version,
+        "model": mdir.path.name,
+        "src_lang": mdir.src_lang,
+        "tgt_lang": mdir.tgt_lang,
+        "model_config": to_dict(translator.model.cfg),
+        "decode_defaults": to_dict(DecodeConfig()),
+        "limits": limits,
+    }

@@ -1,0 +1,163 @@
+"""Dynamic batching: concurrent requests share one model call on one worker thread.
+
+The first request to arrive waits up to ``window_s`` for company (or until
+``max_batch`` texts are queued); then every queued request with the same
+decoding options, in arrival order and up to ``max_batch`` texts, runs as one
+batch in the worker thread while the event loop keeps accepting requests. The
+queue is bounded: past ``max_queue`` waiting texts, :class:`Overloaded` is raised
+at once instead of letting latency grow without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("seqformer.serve")
+
+RunBatch = Callable[[list[str], Any], list]  # (texts, options) -> one result per text
+
+
+class Overloaded(Exception):
+    """The queue is full: the caller should answer 503 and the client retry later."""
+
+
+@dataclass
+class _Job:
+    texts: list[str]
+    options: Hashable  # jobs batch together only when their options are equal
+    solo: bool  # runs alone (e.g. seeded sampling, whose draws depend on the batch)
+    future: asyncio.Future = field(repr=False)
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    requests: int = 0
+    texts: int = 0
+    largest_batch: int = 0  # most requests ever served by one model call
+
+
+class Batcher:
+    """Queue requests from the event loop; run them in batches on a single model thread."""
+
+    def __init__(self, run: RunBatch, max_batch: int = 32, window_s: float = 0.005, max_queue: int = 256) -> None:
+        self.run = run
+        self.max_batch = max_batch
+        self.window_s = window_s
+        self.max_queue = max_queue
+        self.stats = BatchStats()
+        self._jobs: deque[_Job] = deque()
+        self._queued = 0  # texts in self._jobs
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def queued(self) -> int:
+        """Texts waiting for the model (the batch being computed is not counted)."""
+        return self._queued
+
+    def start(self) -> None:
+        """Start the batching loop; call from the running event loop."""
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqformer-model")
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while self._jobs:
+            job = self._jobs.popleft()
+            if not job.future.done():
+                job.future.set_exception(Overloaded("the server is shutting down"))
+        self._queued = 0
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, texts: list[str], options: Hashable, solo: bool = False) -> list:
+        """Translate ``texts`` with ``options``; one result per text, in order."""
+        if self._task is None or self._wake is None:
+            raise RuntimeError("Batcher.start() was not called")
+        cost = max(len(texts), 1)
+        if self._queued + cost > self.max_queue:
+            raise Overloaded(f"{self._queued} texts already queued (max_queue {self.max_queue}); retry later")
+        future = asyncio.get_running_loop().create_future()
+        self._jobs.append(_Job(list(texts), options, solo, future))
+        self._queued += cost
+        self._wake.set()
+        return await future
+
+    async def _loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            await self._gather()
+            batch = self._take()
+            if self._jobs:
+                self._wake.set()
+            else:
+                self._wake.clear()
+            if batch:
+                await self._execute(batch)
+
+    async def _gather(self) -> None:
+        """Wait up to the window for more requests, unless a full batch is already queued."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.window_s
+        while self._queued < self.max_batch:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), left)
+
+    def _take(self) -> list[_Job]:
+        """Remove and return the next batch: the oldest live job plus compatible ones behind it."""
+        batch: list[_Job] = []
+        rest: deque[_Job] = deque()
+        n_texts = 0
+        while self._jobs:
+            job = self._jobs.popleft()
+            if job.future.done():  # the client went away
+                self._queued -= max(len(job.texts), 1)
+                continue
+            fits = not batch or (not batch[0].solo and not job.solo and job.options == batch[0].options
+                                 and n_texts + len(job.texts) <= self.max_batch)
+            if fits:
+                batch.append(job)
+                n_texts += len(job.texts)
+                self._queued -= max(len(job.texts), 1)
+            else:
+                rest.append(job)
+        self._jobs = rest
+        return batch
+
+    async def _execute(self, batch: list[_Job]) -> None:
+        texts = [t for job in batch for t in job.texts]
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self._executor, self.run, texts, batch[0].options)
+        except Exception as err:  # the model failed: every request of the batch gets the error
+            log.exception("batch of %d texts failed", len(texts))
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(err)
+            return
+        start = 0
+        for job in batch:
+            if not job.future.done():
+                job.future.set_result(results[start : start + len(job.texts)])
+            start += len(job.texts)
+        s = self.stats
+        s.batches, s.requests, s.texts = s.batches + 1, s.requests + len(batch), s.texts + len(texts)
+        s.largest_batch = max(s.largest_batch, len(batch))

@@ -1,0 +1,58 @@
+"""From a request body to model options and back: what runs on the model thread."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from seqformer.config import DecodeConfig
+from seqformer.serve.limits import FieldError
+from seqformer.translator import Translation, Translator
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything that must be equal for two requests to share a model call."""
+
+    decode: DecodeConfig
+    attention: bool = False
+    heads: bool = False
+    split: bool = True
+
+    @property
+    def solo(self) -> bool:
+        """Seeded sampling draws from one generator per call: batch partners would change the result."""
+        return self.decode.sampling and self.decode.seed is not None
+
+
+def texts_of(req: Any) -> list[str]:
+    """The request's texts: exactly one of ``text`` and ``texts`` must be given."""
+    if (req.text is None) == (req.texts is None):
+        raise FieldError("text", "give exactly one of 'text' (a string) or 'texts' (a list of strings)")
+    return [req.text] if req.text is not None else list(req.texts)
+
+
+def options_of(req: Any, batch_size: int) -> Options:
+    if not req.sampling and req.nbest > req.beam_size:
+        raise FieldError("nbest", f"nbest ({req.nbest}) cannot exceed beam_size ({req.beam_size}) without sampling")
+    decode = DecodeConfig(beam_size=req.beam_size, nbest=req.nbest, length_penalty=req.length_penalty,
+                          sampling=req.sampling, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
+                          batch_size=batch_size, seed=req.seed if req.sampling else None)
+    return Options(decode, attention=req.attention or req.attention_heads, heads=req.attention_heads, split=req.split)
+
+
+def translate_batch(translator: Translator, texts: list[str], opts: Options) -> list[list[dict]]:
+    """Run on the model thread: n-best lists of JSON-ready hypotheses, one list per text."""
+    results = translator.translate_nbest(texts, need_attention=opts.attention, split=opts.split, per_head=opts.heads,
+                                         **asdict(opts.decode))
+    return [[_hypothesis(t, opts) for t in nbest] for nbest in results]
+
+
+def _hypothesis(t: Translation, opts: Options) -> dict:
+    out: dict[str, Any] = {"text": t.text, "score": t.score, "logprob": t.logprob, "tokens": t.tokens}
+    if opts.attention:
+        out["attention"], out["src_tokens"] = t.attention, t.src_tokens
+    if opts.heads and t.head_attention is not None:
+        out["head_attention"] = [[[[round(x, 4) for x in row] for row in head] for head in layer]
+                                 for layer in t.head_attention]  # (L, H, T, S)
+    return out

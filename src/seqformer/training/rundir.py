@@ -1,0 +1,38 @@
+"""The run directory: checked writable (and roomy enough) before training starts, and
+cleared of temporary files a killed run left behind."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from torch import nn
+
+from seqformer.errors import ConfigError
+from seqformer.training import checkpoint as ckpt
+
+
+def prepare_out(out: Path, resume: bool) -> None:
+    """Create ``out`` and ``out/checkpoints``; refuse an unwritable directory or an unasked-for restart."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "checkpoints").mkdir(exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"{out}: output directory is not writable ({err.strerror or err})") from None
+    if not resume and ckpt.list_checkpoints(out / "checkpoints"):
+        raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue, or choose a new --out")
+    ckpt.remove_partial(out / "checkpoints")
+    for name in ("model.safetensors", "training.json", "config.json", "train_log.jsonl", "train_log.csv"):
+        for tmp in out.glob(f".{name}.*.tmp"):  # left by a process killed mid-write
+            tmp.unlink(missing_ok=True)
+
+
+def check_space(out: Path, model: nn.Module) -> None:
+    """Fail now, not hours later, if the disk cannot hold even two checkpoints."""
+    n_bytes = 3 * 4 * sum(p.numel() for p in model.parameters())  # weights + two Adam moments, fp32
+    free = shutil.disk_usage(out).free
+    if free < 2 * n_bytes:
+        raise ConfigError(f"{out}: only {free / 2**20:.0f} MiB free, a checkpoint needs about {n_bytes / 2**20:.0f} MiB")

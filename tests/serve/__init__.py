@@ -1,0 +1,1 @@
+"""Tests of the HTTP service, the web page and attention plots."""

@@ -1,0 +1,59 @@
+"""``seqformer attention``: the matrix it plots and the PNG it writes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seqformer.cli import main
+from seqformer.errors import ConfigError
+from seqformer.plot import attention_matrix
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TEXT = "The small dog sees a red bird."
+
+
+@pytest.fixture(scope="module")
+def best(translator):
+    return translator.translate_nbest([TEXT], need_attention=True, per_head=True, split=False)[0][0]
+
+
+@pytest.mark.parametrize("layer, head", [(None, None), (0, None), (None, 3), (1, 2), (-1, -1)])
+def test_every_view_is_a_distribution_over_the_source(best, layer, head):
+    matrix = torch.tensor(attention_matrix(best, layer, head))  # (T, S)
+    assert matrix.shape == (len(best.tokens) + 1, len(best.src_tokens))
+    assert torch.allclose(matrix.sum(dim=1), torch.ones(len(matrix)), atol=1e-4)
+    assert bool((matrix >= 0).all())
+
+
+def test_average_view_is_the_mean_of_the_heads(best):
+    heads = torch.tensor(best.head_attention)  # (L, H, T, S)
+    assert torch.allclose(heads.mean(dim=(0, 1)), torch.tensor(best.attention), atol=1e-4)
+    assert torch.allclose(torch.tensor(attention_matrix(best, 1, 2)), heads[1, 2], atol=1e-6)
+
+
+def test_out_of_range_layer_or_head_is_named(best):
+    with pytest.raises(ConfigError, match="--layer 2"):
+        attention_matrix(best, 2, None)
+    with pytest.raises(ConfigError, match="--head -5"):
+        attention_matrix(best, None, -5)
+
+
+def test_cli_writes_a_png(tiny_model_dir, tmp_path, capsys, translator):
+    pytest.importorskip("matplotlib", reason="needs the plot extra: pip install 'seqformer[plot]'")
+    out = tmp_path / "attn.png"
+    assert main(["attention", TEXT, "--out", str(out), "--model", str(tiny_model_dir)]) == 0
+    assert out.read_bytes()[:8] == PNG_MAGIC and out.stat().st_size > 2000
+    captured = capsys.readouterr()
+    assert captured.out.strip() == translator.translate_nbest([TEXT], split=False)[0][0].text.strip()
+    assert "written to" in captured.err
+    one_head = tmp_path / "head.png"
+    assert main(["attention", TEXT, "--out", str(one_head), "--model", str(tiny_model_dir),
+                 "--layer", "1", "--head", "0", "--beam-size", "2"]) == 0
+    assert one_head.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_cli_rejects_a_missing_layer(tiny_model_dir, tmp_path, capsys):
+    assert main(["attention", TEXT, "--out", str(tmp_path / "x.png"), "--model", str(tiny_model_dir),
+                 "--layer", "9"]) == 1
+    assert "--layer 9 out of range" in capsys.readouterr().err

@@ -1,0 +1,114 @@
+"""The dynamic batcher on its own: which requests share a model call, and the queue bound."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from seqformer.serve.batcher import Batcher, Overloaded
+
+
+class Recorder:
+    """A fake model: echoes texts with the options, recording every call's texts."""
+
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.calls: list[list[str]] = []
+        self.gate = gate
+        self.entered = threading.Event()
+
+    def __call__(self, texts: list[str], options) -> list:
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait(5)
+        self.calls.append(list(texts))
+        return [f"{t}|{options}" for t in texts]
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 10))
+
+
+def test_concurrent_requests_share_one_call_and_keep_their_order():
+    rec = Recorder()
+
+    async def main():
+        b = Batcher(rec, max_batch=32, window_s=0.05, max_queue=64)
+        b.start()
+        out = await asyncio.gather(*(b.submit([f"s{i}", f"t{i}"], "beam") for i in range(6)))
+        await b.stop()
+        return out, b.stats
+
+    out, stats = run(main())
+    assert out == [[f"s{i}|beam", f"t{i}|beam"] for i in range(6)]
+    assert len(rec.calls) == 1 and stats.largest_batch == 6 and stats.texts == 12
+
+
+def test_max_batch_splits_and_options_never_mix():
+    rec = Recorder()
+
+    async def main():
+        b = Batcher(rec, max_batch=3, window_s=0.05, max_queue=64)
+        b.start()
+        jobs = [b.submit([f"a{i}"], "A") for i in range(5)] + [b.submit([f"b{i}"], "B") for i in range(2)]
+        out = await asyncio.gather(*jobs)
+        await b.stop()
+        return out
+
+    out = run(main())
+    assert out[:5] == [[f"a{i}|A"] for i in range(5)] and out[5:] == [["b0|B"], ["b1|B"]]
+    assert all(len(c) <= 3 for c in rec.calls)
+    assert all(len({t[0] for t in c}) == 1 for c in rec.calls)  # one option set per call
+    assert sorted(len(c) for c in rec.calls) == [2, 2, 3]
+
+
+def test_solo_jobs_run_alone():
+    rec = Recorder()
+
+    async def main():
+        b = Batcher(rec, max_batch=32, window_s=0.05, max_queue=64)
+        b.start()
+        await asyncio.gather(b.submit(["x"], "S", solo=True), b.submit(["y"], "S", solo=True), b.submit(["z"], "S"))
+        await b.stop()
+
+    run(main())
+    assert sorted(map(sorted, rec.calls)) == [["x"], ["y"], ["z"]]
+
+
+def test_full_queue_is_refused_at_once():
+    gate = threading.Event()
+    rec = Recorder(gate)
+
+    async def main():
+        b = Batcher(rec, max_batch=1, window_s=0.0, max_queue=2)
+        b.start()
+        first = asyncio.ensure_future(b.submit(["busy"], "A"))
+        while not rec.entered.is_set():  # the model thread holds "busy"
+            await asyncio.sleep(0.005)
+        queued = [asyncio.ensure_future(b.submit([f"q{i}"], "A")) for i in range(2)]
+        await asyncio.sleep(0.01)
+        assert b.queued == 2
+        with pytest.raises(Overloaded):
+            await b.submit(["one too many"], "A")
+        gate.set()
+        out = await asyncio.gather(first, *queued)
+        await b.stop()
+        return out, b.queued
+
+    out, left = run(main())
+    assert out == [["busy|A"], ["q0|A"], ["q1|A"]] and left == 0
+
+
+def test_model_error_reaches_every_request_of_the_batch():
+    def broken(texts, options):
+        raise ValueError("boom")
+
+    async def main():
+        b = Batcher(broken, max_batch=8, window_s=0.02, max_queue=8)
+        b.start()
+        out = await asyncio.gather(b.submit(["a"], 1), b.submit(["b"], 1), return_exceptions=True)
+        await b.stop()
+        return out
+
+    assert [type(e) for e in run(main())] == [ValueError, ValueError]

@@ -1,0 +1,261 @@
+"""The HTTP API through FastAPI's TestClient: results, batching, limits and errors."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'seqformer[serve]'")
+pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
+
+import httpx  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from seqformer.cli import main  # noqa: E402
+from seqformer.errors import ConfigError  # noqa: E402
+from seqformer.serve.app import create_app  # noqa: E402
+from seqformer.serve.settings import ServeConfig  # noqa: E402
+
+from .serve_helpers import sentences  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client(translator):
+    with TestClient(create_app(translator, ServeConfig(batch_window_ms=100))) as c:
+        yield c
+
+
+def same(api_hyps: list[dict], translations) -> bool:
+    return [h["text"] for h in api_hyps] == [t.text for t in translations] and all(
+        abs(h["score"] - t.score) < 1e-4 and h["tokens"] == t.tokens for h, t in zip(api_hyps, translations))
+
+
+def test_health_info_and_openapi(client, translator):
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["queued"] == 0
+    info = client.get("/info").json()
+    assert (info["name"], info["src_lang"], info["tgt_lang"]) == ("seqformer", "en", "fr")
+    assert info["version"] and info["model_config"]["d_model"] == translator.model.cfg.d_model
+    assert info["limits"]["max_texts"] == ServeConfig().max_texts
+    schema = client.get("/openapi.json").json()
+    assert {"/translate", "/health", "/info"} <= set(schema["paths"])
+    beam = schema["components"]["schemas"]["TranslateRequest"]["properties"]["beam_size"]
+    assert beam["maximum"] == ServeConfig().max_beam_size
+    assert client.get("/docs").status_code == 200
+
+
+def test_page_is_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert 'id="heatmap"' in page.text and 'id="translate"' in page.text
+
+
+def test_single_text_matches_translator(client, translator):
+    text = "The small cat sees a dog."
+    body = client.post("/translate", json={"text": text, "beam_size": 4, "nbest": 2}).json()
+    [result] = body["results"]
+    assert result["input"] == text and len(result["translations"]) == 2
+    assert same(result["translations"], translator.translate_nbest([text], beam_size=4, nbest=2)[0])
+    assert result["translations"][0]["attention"] is None
+
+
+def test_concurrent_requests_are_batched_and_equal_unbatched_results(client, translator):
+    texts = sentences(8, seed=3)
+    before = client.get("/health").json()["batches"]
+    barrier = threading.Barrier(len(texts))
+    replies: dict[int, dict] = {}
+
+    def ask(i: int) -> None:
+        barrier.wait()
+        replies[i] = client.post("/translate", json={"text": texts[i], "nbest": 2}).json()
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    health = client.get("/health").json()
+    assert health["largest_batch"] > 1, "concurrent requests were not batched"
+    assert health["batches"] - before < len(texts)
+    for i, text in enumerate(texts):
+        alone = translator.translate_nbest([text], nbest=2)[0]  # unbatched
+        assert same(replies[i]["results"][0]["translations"], alone), text
+
+
+def test_several_texts_in_one_request(client, translator):
+    texts = sentences(3, seed=4) + [""]
+    results = client.post("/translate", json={"texts": texts, "beam_size": 1}).json()["results"]
+    assert [r["input"] for r in results] == texts and results[-1]["translations"] == []
+    for r, text in zip(results[:-1], texts):
+        assert same(r["translations"], translator.translate_nbest([text], beam_size=1)[0])
+
+
+def test_attention_on_request(client, translator):
+    text = "A big dog eats."
+    hyp = client.post("/translate", json={"text": text, "attention": True}).json()["results"][0]["translations"][0]
+    rows, src = hyp["attention"], hyp["src_tokens"]
+    assert len(rows) == len(hyp["tokens"]) + 1 and all(len(r) == len(src) for r in rows)
+    assert all(abs(sum(r) - 1) < 1e-4 for r in rows) and src[-1] == "</s>"
+    assert hyp["head_attention"] is None
+    heads = client.post("/translate", json={"text": text, "attention_heads": True}).json()
+    per_head = heads["results"][0]["translations"][0]["head_attention"]
+    mc = translator.model.cfg
+    assert (len(per_head), len(per_head[0]), len(per_head[0][0])) == (mc.n_decoder_layers, mc.n_heads, len(rows))
+
+
+def test_sampling_with_seed_is_reproducible(client):
+    body = {"text": "The old tree.", "sampling": True, "nbest": 3, "seed": 7, "top_k": 10, "temperature": 0.8}
+    first, second = (client.post("/translate", json=body).json() for _ in range(2))
+    assert first == second and len(first["results"][0]["translations"]) == 3
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"text": "x", "beam_size": 0}, "beam_size"),
+    ({"text": "x", "beam_size": 999}, "beam_size"),
+    ({"text": "x", "nbest": 3, "beam_size": 2}, "nbest"),
+    ({"text": "x", "temperature": 0}, "temperature"),
+    ({"text": "x", "top_p": 1.5}, "top_p"),
+    ({"text": "x", "top_k": -1}, "top_k"),
+    ({"text": "x", "length_penalty": -1}, "length_penalty"),
+    ({"text": "x", "bogus": 1}, "bogus"),
+    ({"text": 5}, "text"),
+    ({"text": "a" * 1001}, "text"),
+    ({"texts": []}, "texts"),
+    ({"texts": ["a"] * 33}, "texts"),
+    ({"texts": ["fine", "a" * 1001]}, "texts[1]"),
+    ({}, "text"),
+    ({"text": "a", "texts": ["b"]}, "text"),
+])
+def test_bad_fields_give_422_naming_the_field(client, body, field):
+    reply = client.post("/translate", json=body)
+    assert reply.status_code == 422
+    error = reply.json()
+    assert error["field"] == field and field in error["error"]
+
+
+def test_invalid_json_and_unknown_route(client):
+    reply = client.post("/translate", content=b"{not json", headers={"content-type": "application/json"})
+    assert reply.status_code == 422 and reply.json()["error"]
+    missing = client.get("/nope")
+    assert missing.status_code == 404 and missing.json()["error"] == "Not Found"
+
+
+def test_body_over_the_limit_gives_413(translator):
+    with TestClient(create_app(translator, ServeConfig(max_body_bytes=200))) as c:
+        assert c.post("/translate", json={"text": "short"}).status_code == 200
+        big = {"text": "x" * 300}
+        reply = c.post("/translate", json=big)
+        assert reply.status_code == 413 and reply.json()["field"] == "body"
+        streamed = c.post("/translate", content=iter([b'{"text": "', b"y" * 300, b'"}']),
+                          headers={"content-type": "application/json"})  # chunked: no content-length
+        assert streamed.status_code == 413
+
+
+class SlowTranslator:
+    """Holds the model thread inside translate_nbest until released."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.dir, self.model = inner, inner.dir, inner.model
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def translate_nbest(self, texts, **kwargs):
+        self.entered.set()
+        self.release.wait(20)
+        return self.inner.translate_nbest(texts, **kwargs)
+
+
+def test_full_queue_gives_503_and_recovers(translator):
+    slow = SlowTranslator(translator)
+    cfg = ServeConfig(max_batch=1, batch_window_ms=0, max_queue=1, max_texts=1)
+    with TestClient(create_app(slow, cfg)) as c:
+        replies: dict[str, int] = {}
+
+        def ask(name: str) -> None:
+            replies[name] = c.post("/translate", json={"text": f"The {name} dog."}).status_code
+
+        busy = threading.Thread(target=ask, args=("busy",))
+        busy.start()
+        assert slow.entered.wait(10)
+        waiting = threading.Thread(target=ask, args=("waiting",))
+        waiting.start()
+        deadline = time.monotonic() + 10
+        while c.app.state.batcher.queued < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        refused = c.post("/translate", json={"text": "One too many."})
+        assert refused.status_code == 503 and "overloaded" in refused.json()["error"]
+        assert refused.headers["retry-after"] == "1"
+        slow.release.set()
+        busy.join(20)
+        waiting.join(20)
+        assert replies == {"busy": 200, "waiting": 200}
+        assert c.get("/health").json()["queued"] == 0
+
+
+def test_model_failure_gives_json_500(translator):
+    class Broken(SlowTranslator):
+        def translate_nbest(self, texts, **kwargs):
+            raise RuntimeError("weights on fire")
+
+    with TestClient(create_app(Broken(translator)), raise_server_exceptions=False) as c:
+        reply = c.post("/translate", json={"text": "x"})
+        assert reply.status_code == 500 and reply.json()["error"] == "internal error while translating"
+
+
+def test_serve_config_limits_are_checked():
+    with pytest.raises(ConfigError, match="max_queue"):
+        ServeConfig(max_queue=4, max_texts=8)
+    with pytest.raises(ConfigError, match="port"):
+        ServeConfig(port=70000)
+    assert ServeConfig().loopback and not ServeConfig(host="0.0.0.0").loopback
+
+
+def test_serve_without_model_and_no_bundled_model_fails_clearly(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr("seqformer.serve.server.default_model_dir", lambda: tmp_path / "missing")
+    assert main(["serve", "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "bundled model is not installed" in err and "--model" in err
+
+
+def test_attention_of_multi_sentence_text_needs_split_off(client):
+    text = "The dog sees a cat. The bird eats."
+    split = client.post("/translate", json={"text": text, "attention": True}).json()["results"][0]["translations"]
+    assert len(split) == 1 and split[0]["attention"] is None  # sentences joined: no single matrix
+    whole = client.post("/translate", json={"text": text, "attention": True, "split": False}).json()
+    hyp = whole["results"][0]["translations"][0]
+    assert len(hyp["attention"]) == len(hyp["tokens"]) + 1
+
+
+def test_cli_serve_answers_over_http(tiny_model_dir):
+    port = _free_port()
+    cmd = [sys.executable, "-m", "seqformer.cli", "serve", "--model", str(tiny_model_dir), "--port", str(port),
+           "--threads", "1", "--no-access-log", "--max-texts", "4", "--max-queue", "8"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        reply = httpx.post(url + "/translate", json={"texts": ["A dog.", "A cat."]}, timeout=30)
+        assert reply.status_code == 200 and len(reply.json()["results"]) == 2
+        assert httpx.get(url + "/info").json()["limits"]["max_texts"] == 4
+        too_many = httpx.post(url + "/translate", json={"texts": ["a"] * 5}, timeout=30)
+        assert too_many.status_code == 422 and too_many.json()["field"] == "texts"
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert "Uvicorn running on http://127.0.0.1" in err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

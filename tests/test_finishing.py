@@ -1,0 +1,81 @@
+"""Finishing a run: checkpoint averaging, early stopping with the best model kept, keep-last
+pruning and the CSV / TensorBoard logs."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+
+import pytest
+import torch
+from train_helpers import tiny_config, write_corpus, write_tokenizer
+
+from seqformer import Translator
+from seqformer.cli import main
+from seqformer.io import load_weights
+from seqformer.training import checkpoint as ckpt
+from seqformer.training import trainer as trainer_mod
+from seqformer.training.runlog import COLUMNS, read_log
+from seqformer.training.trainer import train
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    write_corpus(d)
+    write_tokenizer(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def run_dir(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    train(tiny_config(data_dir, out, max_steps=10, save_every=2, keep_last=4), progress=False)
+    return out
+
+
+def test_keep_last_prunes_old_checkpoints(run_dir):
+    assert [p.name for p in ckpt.list_checkpoints(run_dir / "checkpoints")] == [
+        f"ckpt-{s:08d}.safetensors" for s in (4, 6, 8, 10)]
+
+
+def test_average_cli_writes_the_tensor_mean(run_dir, tmp_path):
+    assert main(["average", str(run_dir), "--last", "3", "--out", str(tmp_path / "avg")]) == 0
+    paths = ckpt.list_checkpoints(run_dir / "checkpoints")[-3:]
+    parts = [ckpt.model_tensors(p) for p in paths]
+    averaged = load_weights(tmp_path / "avg" / "model.safetensors")
+    assert set(averaged) == set(parts[0])
+    for name, value in averaged.items():
+        want = sum(p[name].double() for p in parts) / 3
+        torch.testing.assert_close(value, want.float(), rtol=0, atol=1e-7)
+    config = json.loads((tmp_path / "avg" / "config.json").read_text())
+    assert config["averaged_from"] == [p.name for p in paths]
+    assert len(Translator.load(tmp_path / "avg").translate(["red cat runs"], beam_size=2)) == 1
+
+
+def test_csv_log_has_the_jsonl_rows(run_dir):
+    records = read_log(run_dir / "train_log.jsonl")
+    with open(run_dir / "train_log.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == COLUMNS and len(rows) == len(records) == 10
+    assert [float(r["loss"]) for r in rows] == [r["loss"] for r in records]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard not installed")
+def test_tensorboard_events_are_written(run_dir):
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_early_stopping_keeps_the_best_model(data_dir, tmp_path, monkeypatch):
+    scores = iter([3.0, 2.0, 2.5, 2.0, 2.2])  # valid NLL (4 checks + the final one): best at step 4
+    monkeypatch.setattr(trainer_mod, "validate", lambda *a, **k: {"valid_nll": next(scores)})
+    cfg = tiny_config(data_dir, tmp_path / "run", valid=str(data_dir / "valid.tsv"), valid_every=2, patience=2,
+                      max_steps=100, valid_bleu_lines=0)
+    train(cfg, progress=False)
+    records = read_log(tmp_path / "run" / "train_log.jsonl")
+    checks = [r["step"] for r in records if "valid_nll" in r and not r.get("final")]
+    assert checks == [2, 4, 6, 8]  # no improvement at 6 and 8: patience 2 stops there
+    assert max(r["step"] for r in records) == 8
+    info = json.loads((tmp_path / "run" / "training.json").read_text())
+    assert info["step"] == 4 and info["best_valid"] == -2.0  # model.safetensors is the best, not the last
