@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,8 @@ import sentencepiece as spm
 from seqformer.errors import ModelDirError
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
+UNK_PIECE = "<unk>"
+SPECIAL_PIECES = ("<pad>", "</s>", "<s>", UNK_PIECE)  # never part of detokenised text
 
 
 def train_sentencepiece(
@@ -39,33 +42,120 @@ def train_sentencepiece(
     return out_file
 
 
+def split_lang_tag(text: str) -> tuple[str, str]:
+    """Split off a leading target-language tag as Marian does: '>>fra<< Hi' -> ('>>fra<<', ' Hi')."""
+    if text.startswith(">>"):
+        end = text.find("<<")
+        if end != -1:
+            return text[: end + 2], text[end + 2 :]
+    return "", text
+
+
+@dataclass
+class Vocab:
+    """An explicit piece -> id table (Marian's vocab.json), used instead of SentencePiece's own ids.
+
+    Pieces missing from the table map to ``unk_id``; ``special`` ids are left out of detokenised text.
+    """
+
+    ids: dict[str, int]
+    pieces: dict[int, str]
+    unk_id: int
+    special: frozenset[int]
+
+    @classmethod
+    def load(cls, path: Path) -> Vocab:
+        path = Path(path)
+        try:
+            table = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ModelDirError(f"{path}: vocabulary file not found") from None
+        except json.JSONDecodeError as err:
+            raise ModelDirError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+        if not isinstance(table, dict) or UNK_PIECE not in table:
+            raise ModelDirError(f"{path}: expected a JSON object of piece -> id that includes {UNK_PIECE!r}")
+        ids = {str(piece): int(i) for piece, i in table.items()}
+        pieces = {i: piece for piece, i in ids.items()}
+        return cls(ids, pieces, ids[UNK_PIECE], frozenset(ids[p] for p in SPECIAL_PIECES if p in ids))
+
+    def __len__(self) -> int:
+        return max(self.pieces) + 1
+
+    def encode(self, pieces: list[str]) -> list[int]:
+        return [self.ids.get(p, self.unk_id) for p in pieces]
+
+    def to_pieces(self, ids: list[int]) -> list[str]:
+        return [self.pieces.get(i, UNK_PIECE) for i in ids]
+
+
 @dataclass
 class Tokenizer:
-    """Source and target SentencePiece processors (the same object when the vocabulary is joint)."""
+    """Source and target SentencePiece processors (the same object when the vocabulary is joint).
+
+    By default token ids are SentencePiece's own. Imported models (Marian / OPUS-MT) number
+    pieces with their own tables instead (``src_vocab``/``tgt_vocab``), and may start the
+    source with a target-language tag such as ``>>fra<<`` that is kept as one token (``lang_tags``).
+    """
 
     src: spm.SentencePieceProcessor
     tgt: spm.SentencePieceProcessor
+    src_vocab: Vocab | None = None
+    tgt_vocab: Vocab | None = None
+    lang_tags: bool = False
 
     @classmethod
-    def load(cls, src_file: Path, tgt_file: Path | None = None) -> Tokenizer:
+    def load(cls, src_file: Path, tgt_file: Path | None = None, src_vocab: Path | None = None,
+             tgt_vocab: Path | None = None, lang_tags: bool = False) -> Tokenizer:
         src = _load(src_file)
         tgt = src if tgt_file is None or Path(tgt_file) == Path(src_file) else _load(tgt_file)
-        return cls(src, tgt)
+        sv = Vocab.load(src_vocab) if src_vocab is not None else None
+        same = tgt_vocab is None or (src_vocab is not None and Path(tgt_vocab) == Path(src_vocab))
+        tv = sv if same else Vocab.load(tgt_vocab)
+        return cls(src, tgt, sv, tv, lang_tags)
+
+    @classmethod
+    def from_config(cls, model_dir: Path, section: dict) -> Tokenizer:
+        """From config.json's "tokenizer" section: "src", "tgt" and optional "src_vocab", "tgt_vocab", "lang_tags"."""
+        d = Path(model_dir)
+        src_vocab, tgt_vocab = section.get("src_vocab"), section.get("tgt_vocab")
+        return cls.load(d / section["src"], d / section["tgt"], d / src_vocab if src_vocab else None,
+                        d / tgt_vocab if tgt_vocab else None, bool(section.get("lang_tags", False)))
+
+    def split_lang_tag(self, text: str) -> tuple[str, str]:
+        """(tag, rest) when this tokenizer keeps language tags, else ('', text)."""
+        return split_lang_tag(text) if self.lang_tags else ("", text)
 
     def encode_src(self, texts: list[str]) -> list[list[int]]:
-        return self.src.encode(texts)
+        if self.src_vocab is None and not self.lang_tags:
+            return self.src.encode(texts)
+        pieces = [self.src_pieces(t) for t in texts]
+        if self.src_vocab is None:
+            return [[self.src.piece_to_id(p) for p in seq] for seq in pieces]
+        return [self.src_vocab.encode(seq) for seq in pieces]
 
     def encode_tgt(self, texts: list[str]) -> list[list[int]]:
-        return self.tgt.encode(texts)
+        if self.tgt_vocab is None:
+            return self.tgt.encode(texts)
+        return [self.tgt_vocab.encode(seq) for seq in self.tgt.encode(texts, out_type=str)]
 
     def decode_tgt(self, ids: list[list[int]]) -> list[str]:
-        return self.tgt.decode(ids)
+        """Detokenise; an unknown-token id is dropped rather than printed as SentencePiece's ' ⁇ '."""
+        vocab = self.tgt_vocab
+        if vocab is not None:  # as Marian's tokenizer: drop specials, join pieces, '▁' -> ' '
+            pieces = [[p for i, p in zip(seq, vocab.to_pieces(seq)) if i not in vocab.special] for seq in ids]
+            return [self.tgt.decode_pieces(p).replace("\u2581", " ").strip() for p in pieces]
+        unk = self.tgt.unk_id()
+        return self.tgt.decode([[i for i in seq if i != unk] for seq in ids])
 
     def src_pieces(self, text: str) -> list[str]:
-        return self.src.encode(text, out_type=str)
+        tag, body = self.split_lang_tag(text)
+        return ([tag] if tag else []) + self.src.encode(body, out_type=str)
+
+    def src_id_pieces(self, ids: list[int]) -> list[str]:
+        return self.src_vocab.to_pieces(ids) if self.src_vocab is not None else [self.src.id_to_piece(i) for i in ids]
 
     def tgt_pieces(self, ids: list[int]) -> list[str]:
-        return [self.tgt.id_to_piece(i) for i in ids]
+        return self.tgt_vocab.to_pieces(ids) if self.tgt_vocab is not None else [self.tgt.id_to_piece(i) for i in ids]
 
 
 def _load(path: Path) -> spm.SentencePieceProcessor:

@@ -3,7 +3,9 @@
 Each step ranks ``2 * beam`` candidates per sentence, so hypotheses that end in
 </s> (finalised when they rank inside the top ``beam``) never starve the beam of
 live continuations (as in fairseq). A sentence is done when ``beam`` hypotheses
-have finished; its rows then leave the batch.
+have finished; its rows then leave the batch. Scores are log-probabilities divided
+by length**length_penalty (</s> counted): the same search as HF's
+``generate(num_beams=beam, early_stopping=True, length_penalty=...)``.
 """
 
 from __future__ import annotations
@@ -59,6 +61,15 @@ def _finish(state: _Beams, b: int, row: int, score: float, cfg: DecodeConfig, st
     state.finished.setdefault(b, []).append(hyp)
 
 
+def _keep_best(state: _Beams, b: int, k: int) -> None:
+    """One step can finish more hypotheses than sentence b has free slots: keep the k best by
+    normalised score, earlier ones included (as HF's generate(early_stopping=True) does)."""
+    done = state.finished.get(b)
+    if done is not None and len(done) > k:
+        done.sort(key=lambda h: -h.score)
+        del done[k:]
+
+
 @torch.no_grad()
 def beam_search(
     model: Seq2SeqTransformer,
@@ -82,7 +93,7 @@ def beam_search(
     step = 0
     while state.sents:
         lp, attn = model.decode_step(last, memory, src_pad_mask, cache, need_weights=need_attention)  # (N*K, V)
-        lp = constrain(lp, step, row_limits, cfg.min_len, mc.eos_id)
+        lp = constrain(lp, step, row_limits, cfg.min_len, mc.eos_id, mc.pad_id)
         vocab = lp.size(-1)
         n = len(state.sents)
         cand = (state.scores[:, :, None] + lp.view(n, k, vocab)).view(n, k * vocab)  # (N, K*V)
@@ -92,8 +103,8 @@ def beam_search(
         for j, b in enumerate(state.sents):
             ended, live = _select(j, k, vocab, top_s, top_i, mc.eos_id)
             for row, s in ended:
-                if len(state.finished.get(b, [])) < k:
-                    _finish(state, b, row, s, cfg, step_attn)
+                _finish(state, b, row, s, cfg, step_attn)
+            _keep_best(state, b, k)
             if len(state.finished.get(b, [])) >= k or not live:
                 continue
             while len(live) < k:  # tiny vocabularies: pad with dead copies

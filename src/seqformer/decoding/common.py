@@ -27,11 +27,14 @@ def normalise(logprob: float, length: int, alpha: float) -> float:
     return logprob / (length**alpha) if alpha != 0 else logprob
 
 
-def constrain(logprobs: Tensor, step: int, limits: Tensor, min_len: int, eos_id: int) -> Tensor:
-    """Forbid </s> before ``min_len``; force it once a row reaches its length limit.
+def constrain(logprobs: Tensor, step: int, limits: Tensor, min_len: int, eos_id: int, pad_id: int | None = None) -> Tensor:
+    """Forbid </s> before ``min_len`` and <pad> always; force </s> once a row reaches its length limit.
 
-    logprobs: (N, V) for N rows; limits: (N,) maximum number of tokens before </s>.
+    logprobs: (N, V) for N rows; limits: (N,) maximum number of tokens before </s>. A forced
+    </s> keeps its own log-probability (as fairseq; HF's forced_eos_token_id scores it 0).
     """
+    if pad_id is not None and pad_id != eos_id:
+        logprobs[:, pad_id] = float("-inf")  # never an output (OPUS-MT configs ban it via bad_words_ids)
     if step < min_len:
         logprobs[:, eos_id] = float("-inf")
     at_limit = limits <= step  # (N,)

@@ -70,7 +70,7 @@ def greedy_or_sample(
     step = 0
     while rows.numel() > 0:
         lp, attn = model.decode_step(last, memory, src_pad_mask, cache, need_weights=need_attention)  # (N, V)
-        lp = constrain(lp, step, limits, cfg.min_len, mc.eos_id)
+        lp = constrain(lp, step, limits, cfg.min_len, mc.eos_id, mc.pad_id)
         tok = pick(lp, cfg, gen)  # (N,)
         tok_lp = lp.gather(1, tok[:, None]).squeeze(1)  # (N,)
         step_attn = torch.stack([a[:, :, -1] for a in attn], dim=1) if need_attention else None  # (N, L, H, S)

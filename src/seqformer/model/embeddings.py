@@ -23,10 +23,12 @@ def sinusoid_table(n_positions: int, dim: int, layout: str = "interleaved") -> T
         table[:, 0 : 2 * half : 2] = torch.sin(angles)
         table[:, 1 : 2 * half : 2] = torch.cos(angles)
     else:
-        # Marian's layout: sin in [0, D/2), cos in [D/2, D); odd D leaves the last channel 0.
-        sentinel = dim // 2 if dim % 2 == 0 else (dim // 2) + 1
-        table[:, :sentinel] = torch.sin(angles[:, :sentinel])
-        table[:, sentinel : sentinel + half] = torch.cos(angles[:, : dim - sentinel])
+        # Marian's layout: ceil(D/2) sines, then floor(D/2) cosines of the same frequencies.
+        sentinel = (dim + 1) // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(0, sentinel, dtype=torch.float64) * 2 / dim)
+        angles = position * freqs[None, :]  # (P, ceil(D/2))
+        table[:, :sentinel] = torch.sin(angles)
+        table[:, sentinel:] = torch.cos(angles[:, : dim - sentinel])
     return table.float()
 
 

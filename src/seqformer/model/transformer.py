@@ -97,7 +97,8 @@ class Seq2SeqTransformer(nn.Module):
 
     def project(self, hidden: Tensor) -> Tensor:
         """Hidden states (..., D) to vocabulary logits (..., V)."""
-        logits = F.linear(hidden, self.output_weight)  # (..., V)
+        # Call the output layer as a module so that a dynamically quantized (int8) copy works too.
+        logits = self.output(hidden) if self.output is not None else F.linear(hidden, self.output_weight)  # (..., V)
         if self.final_logits_bias is not None:
             logits = logits + self.final_logits_bias
         return logits

@@ -1,0 +1,297 @@
+"""Decode speed on CPU: seqformer (fp32, int8) against Hugging Face generate() and CTranslate2.
+
+Builds a random Marian model with OPUS-MT's shape (d_model 512, 6+6 layers, 8 heads, FFN 2048,
+16k shared vocabulary, fixed seed; tests/marian_fixture.py), or takes a local Marian directory
+(--marian-dir) or a seqformer model directory (--seqformer-model; seqformer engines only), and
+translates the same sentences (default: 512 built from a word list, so no data file is needed;
+--src FILE for real text, --ref FILE for BLEU) with beam 4, batch 32 and 2 threads:
+
+  seqformer-fp32, seqformer-int8 (dynamic int8 linear layers), hf (MarianMTModel.generate),
+  ct2-float32, ct2-int8 (CTranslate2, converted from the Marian directory with its converter API).
+
+Every engine runs in its own subprocess, so each peak RSS is its own (model load included).
+All engines use the same search: beam 4, length penalty 1.0, stop when 4 hypotheses have ended,
+<pad> never generated (CTranslate2: its own handling), at most --max-len tokens (HF gets seqformer's length limit through a
+logits processor so that seqformer fp32 and HF must agree token for token; CTranslate2 is
+compared as it comes). Printed: target tokens/s, peak RSS, ratios against HF, agreement with HF,
+and BLEU of the int8 outputs against the fp32 ones of the same engine (the int8 cost; with
+--ref, BLEU against the references too).
+
+Needs the dev and bench extras: pip install -e '.[dev,bench]' (transformers, ctranslate2).
+
+    python benchmarks/decode_speed.py                       # the real measurement (minutes)
+    python benchmarks/decode_speed.py --small --sentences 8 # smoke test (seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # marian_fixture: random Marian directories
+
+ENGINES = ("seqformer-fp32", "seqformer-int8", "hf", "ct2-float32", "ct2-int8")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--marian-dir", help="a local Hugging Face Marian directory to benchmark")
+    p.add_argument("--seqformer-model", help="a seqformer model directory (seqformer engines only)")
+    p.add_argument("--src", help="source sentences, one per line (default: generated)")
+    p.add_argument("--ref", help="reference translations, line-aligned with --src, for BLEU")
+    p.add_argument("--sentences", type=int, default=512, help="number of sentences (default 512)")
+    p.add_argument("--beam", type=int, default=4)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-len", type=int, default=64, help="maximum target tokens per sentence")
+    p.add_argument("--small", action="store_true", help="a tiny random model (smoke test)")
+    p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of " + ",".join(ENGINES))
+    p.add_argument("--workdir", help="keep the generated model and outputs here (default: a temporary directory)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--job", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- workers (one per subprocess)
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM belongs to the process image, whereas ru_maxrss
+    also counts what the parent had resident before exec."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # elsewhere: KiB on Linux, bytes on macOS
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def run_seqformer(job: dict) -> dict:
+    import torch
+
+    from seqformer.translator import Translator
+
+    torch.set_num_threads(job["threads"])
+    start = time.perf_counter()
+    translator = Translator.load(job["model"], quantize="int8" if job["engine"].endswith("int8") else None)
+    load_s = time.perf_counter() - start
+    opts = dict(beam_size=job["beam"], batch_size=job["batch"], max_len_a=0.0, max_len_b=job["max_len"])
+    translator.translate_nbest(job["texts"][: job["batch"]], split=False, **opts)  # warm-up
+    start = time.perf_counter()
+    results = translator.translate_nbest(job["texts"], split=False, **opts)
+    seconds = time.perf_counter() - start
+    return dict(load_s=load_s, seconds=seconds, pieces=[r[0].tokens if r else [] for r in results],
+                texts=[r[0].text if r else "" for r in results])
+
+
+def run_hf(job: dict) -> dict:
+    import torch
+    from marian_fixture import hf_length_limit
+    from transformers import MarianMTModel, MarianTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(job["threads"])
+    start = time.perf_counter()
+    model = MarianMTModel.from_pretrained(job["model"]).eval()
+    tok = MarianTokenizer.from_pretrained(job["model"])
+    load_s = time.perf_counter() - start
+    pad, eos, beams = model.config.pad_token_id, model.config.eos_token_id, job["beam"]
+
+    def translate(texts: list[str]) -> tuple[list[list[str]], list[str]]:
+        enc = tok(texts, return_tensors="pt", padding=True)
+        limits = torch.full((len(texts) * beams,), job["max_len"])
+        with torch.inference_mode():
+            out = model.generate(**enc, num_beams=beams, do_sample=False, early_stopping=True, length_penalty=1.0,
+                                 max_new_tokens=job["max_len"] + 2, bad_words_ids=[[pad]],
+                                 logits_processor=[hf_length_limit(limits, eos)])
+        pieces = []
+        for row in out[:, 1:].tolist():
+            row = row[: row.index(eos)] if eos in row else row
+            pieces.append(tok.convert_ids_to_tokens(row))
+        return pieces, tok.batch_decode(out, skip_special_tokens=True)
+
+    translate(job["texts"][: job["batch"]])  # warm-up
+    start = time.perf_counter()
+    pieces, texts = [], []
+    for chunk in _batches(job["texts"], job["batch"]):
+        p, t = translate(chunk)
+        pieces += p
+        texts += t
+    return dict(load_s=load_s, seconds=time.perf_counter() - start, pieces=pieces, texts=texts)
+
+
+def run_ct2(job: dict) -> dict:
+    import ctranslate2
+    import sentencepiece as spm
+
+    start = time.perf_counter()
+    translator = ctranslate2.Translator(job["ct2_dir"], device="cpu", compute_type=job["engine"].split("-")[1],
+                                        intra_threads=job["threads"], inter_threads=1)
+    detok = spm.SentencePieceProcessor(model_file=job["tgt_spm"])
+    load_s = time.perf_counter() - start
+    opts = dict(beam_size=job["beam"], length_penalty=1.0, max_decoding_length=job["max_len"],
+                max_batch_size=job["batch"])
+    translator.translate_batch(job["src_pieces"][: job["batch"]], **opts)  # warm-up
+    start = time.perf_counter()
+    pieces = []
+    for chunk in _batches(job["src_pieces"], job["batch"]):
+        pieces += [r.hypotheses[0] for r in translator.translate_batch(chunk, **opts)]
+    seconds = time.perf_counter() - start
+    texts = [detok.decode_pieces([p for p in hyp if p not in ("</s>", "<unk>")]).replace("\u2581", " ").strip()
+             for hyp in pieces]
+    return dict(load_s=load_s, seconds=seconds, pieces=pieces, texts=texts)
+
+
+def convert_ct2(job: dict) -> dict:
+    import ctranslate2
+
+    for quant in ("float32", "int8"):
+        out = Path(job["workdir"]) / f"ct2-{quant}"
+        ctranslate2.converters.TransformersConverter(job["model"]).convert(str(out), quantization=quant, force=True)
+    return {}
+
+
+def worker(engine: str, job_file: str) -> None:
+    job = json.loads(Path(job_file).read_text(encoding="utf-8"))
+    run = {"convert-ct2": convert_ct2, "hf": run_hf}.get(engine)
+    run = run or (run_seqformer if engine.startswith("seqformer") else run_ct2)
+    result = run(job)
+    result["peak_rss_mb"] = _peak_rss_mb()
+    Path(job["result"]).write_text(json.dumps(result, ensure_ascii=False), encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+def spawn(engine: str, job: dict, workdir: Path, threads: int) -> dict:
+    """Run one engine in a fresh interpreter; returns its result (or the error)."""
+    job = dict(job, engine=engine, result=str(workdir / f"{engine}.json"))
+    job_file = workdir / f"{engine}.job.json"
+    job_file.write_text(json.dumps(job, ensure_ascii=False), encoding="utf-8")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run([sys.executable, __file__, "--worker", engine, "--job", str(job_file)], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]}
+    return json.loads(Path(job["result"]).read_text(encoding="utf-8"))
+
+
+def prepare_model(args: argparse.Namespace, workdir: Path) -> tuple[str, bool]:
+    """(model directory, is_marian)."""
+    if args.seqformer_model:
+        from seqformer.marian import is_marian_dir
+
+        return args.seqformer_model, is_marian_dir(args.seqformer_model)
+    if args.marian_dir:
+        return args.marian_dir, True
+    from marian_fixture import make_marian_dir
+
+    shape = (dict(d_model=64, layers=2, heads=4, ffn=256, vocab_size=2000, spm_size=200) if args.small else
+             dict(d_model=512, layers=6, heads=8, ffn=2048, vocab_size=16000, spm_size=400))
+    path = workdir / ("marian-small" if args.small else "marian-opus-shape")
+    if not (path / "config.json").is_file():
+        make_marian_dir(path, max_positions=512, seed=0, scale=3.0, eos_bias=6.0, **shape)
+    return str(path), True
+
+
+def read_sentences(args: argparse.Namespace) -> tuple[list[str], list[str] | None]:
+    if args.src:
+        src = Path(args.src).read_text(encoding="utf-8").splitlines()[: args.sentences]
+        ref = Path(args.ref).read_text(encoding="utf-8").splitlines()[: len(src)] if args.ref else None
+        return src, ref
+    from marian_fixture import SRC_WORDS, sentences
+
+    return sentences(SRC_WORDS, args.sentences, seed=123, min_len=4, max_len=30), None
+
+
+def bleu(hyps: list[str], refs: list[str]) -> float:
+    import sacrebleu
+
+    return sacrebleu.corpus_bleu(hyps, [refs]).score
+
+
+def report(results: dict[str, dict], refs: list[str] | None) -> list[str]:
+    hf = results.get("hf", {})
+    lines = [f"{'engine':<16}{'tokens':>8}{'seconds':>9}{'tok/s':>9}{'x HF':>7}{'peak MB':>9}{'x HF':>7}"
+             f"{'same as HF':>12}{'BLEU int8/fp32':>16}" + ("   BLEU ref" if refs else "")]
+    for name, r in results.items():
+        if "error" in r:
+            lines.append(f"{name:<16}failed: {r['error']}")
+            continue
+        tokens = sum(len(p) for p in r["pieces"])
+        speed = tokens / r["seconds"]
+        row = f"{name:<16}{tokens:>8}{r['seconds']:>9.2f}{speed:>9.1f}"
+        if "seconds" in hf:
+            hf_speed = sum(len(p) for p in hf["pieces"]) / hf["seconds"]
+            same = sum(a == b for a, b in zip(r["pieces"], hf["pieces"])) / len(hf["pieces"])
+            row += f"{speed / hf_speed:>7.2f}{r['peak_rss_mb']:>9.0f}{r['peak_rss_mb'] / hf['peak_rss_mb']:>7.2f}"
+            row += f"{same:>12.1%}"
+        else:
+            row += f"{'':>7}{r['peak_rss_mb']:>9.0f}{'':>7}{'':>12}"
+        fp32 = results.get(name.replace("int8", "fp32").replace("ct2-fp32", "ct2-float32"), {})
+        row += f"{bleu(r['texts'], fp32['texts']):>16.1f}" if name.endswith("int8") and "texts" in fp32 else f"{'':>16}"
+        if refs:
+            row += f"{bleu(r['texts'], refs):>11.1f}"
+        lines.append(row)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        worker(args.worker, args.job)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="seqformer-bench-") as tmp:
+        workdir = Path(args.workdir or tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        model, is_marian = prepare_model(args, workdir)
+        texts, refs = read_sentences(args)
+        texts = sorted(texts, key=len)  # the same length-sorted batches for every engine
+        from seqformer.translator import Translator
+
+        tok = Translator.load(model).tokenizer
+        job = dict(model=model, texts=texts, beam=args.beam, batch=args.batch, threads=args.threads,
+                   max_len=args.max_len, workdir=str(workdir), tgt_spm="",
+                   src_pieces=[tok.src_pieces(t) + ["</s>"] for t in texts])
+        engines = [e for e in args.engines.split(",") if e in ENGINES and (is_marian or e.startswith("seqformer"))]
+        if is_marian:
+            job["tgt_spm"] = str(Path(model) / "target.spm")
+        if any(e.startswith("ct2") for e in engines):
+            err = spawn("convert-ct2", job, workdir, args.threads).get("error")
+            if err:
+                print(f"CTranslate2 conversion failed: {err}", file=sys.stderr)
+                engines = [e for e in engines if not e.startswith("ct2")]
+        print(f"model {model}: {len(texts)} sentences, beam {args.beam}, batch {args.batch}, "
+              f"{args.threads} threads, at most {args.max_len} tokens", file=sys.stderr)
+        results = {}
+        for engine in engines:
+            extra = {"ct2_dir": str(workdir / engine)} if engine.startswith("ct2") else {}
+            results[engine] = spawn(engine, dict(job, **extra), workdir, args.threads)
+            print(f"  {engine} done", file=sys.stderr)
+        print("\n".join(report(results, refs)))
+        fp32, hf = results.get("seqformer-fp32", {}), results.get("hf", {})
+        if "pieces" in fp32 and "pieces" in hf:
+            diff = [i for i, (a, b) in enumerate(zip(fp32["pieces"], hf["pieces"])) if a != b]
+            print(f"seqformer fp32 vs HF: {'identical' if not diff else f'{len(diff)} sentences differ, e.g. #{diff[0]}'}")
+        if args.json:
+            Path(args.json).write_text(json.dumps({k: {m: v for m, v in r.items() if m != "texts"}
+                                                   for k, r in results.items()}, ensure_ascii=False), encoding="utf-8")
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Parity of imported Marian / OPUS-MT checkpoints with Hugging Face transformers.
+
+Small random ``MarianMTModel``s are built locally (tests/marian_fixture.py: tiny SentencePiece
+models, vocab.json ids shuffled against SentencePiece's, a final_logits_bias favouring </s>)
+and compared on logits, tokenisation, detokenisation, greedy and beam search.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from marian_fixture import SRC_WORDS, hf_length_limit, make_marian_dir, sentences  # noqa: E402
+from transformers import MarianMTModel, MarianTokenizer  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from seqformer.cli import main  # noqa: E402
+from seqformer.config import DecodeConfig  # noqa: E402
+from seqformer.data.batching import encode_source  # noqa: E402
+from seqformer.decoding import generate  # noqa: E402
+from seqformer.decoding.common import max_lengths  # noqa: E402
+from seqformer.marian import is_marian_dir, load_marian, read_marian  # noqa: E402
+from seqformer.model.embeddings import sinusoid_table  # noqa: E402
+from seqformer.translator import Translator  # noqa: E402
+
+hf_logging.set_verbosity_error()
+
+CONFIGS = {
+    "shared-swish": dict(seed=0),
+    "separate-relu": dict(separate=True, activation="relu", seed=1),
+    "shared-gelu-untied-unscaled": dict(activation="gelu", tie_output=False, scale_embedding=False, seed=2),
+    "separate-silu-untied": dict(separate=True, activation="silu", tie_output=False, seed=3),
+}
+TEXTS = [">>fra<< " + s for s in sentences(SRC_WORDS, 7, seed=11)] + [
+    "The cat sat on the mat, near Zürich (Ω)!",
+    "a",
+    ">>deu<< " + sentences(SRC_WORDS, 1, seed=5, min_len=25, max_len=25)[0],
+]
+A, B = 1.0, 4  # length limit: src_len * A + B tokens
+EOS_BIAS = 6.0  # some hypotheses end by themselves, some at the limit
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def marian(request, tmp_path_factory):
+    """(HF directory, HF model, HF tokenizer) for one configuration."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = make_marian_dir(tmp_path_factory.mktemp(request.param), eos_bias=EOS_BIAS, **CONFIGS[request.param])
+        tok = MarianTokenizer.from_pretrained(path)
+    return path, MarianMTModel.from_pretrained(path).eval(), tok
+
+
+def _batch(tok, texts):
+    enc = tok(texts, return_tensors="pt", padding=True)
+    return enc.input_ids, enc.attention_mask
+
+
+def test_split_sinusoids_equal_hf_table():
+    from transformers.models.marian.modeling_marian import MarianSinusoidalPositionalEmbedding
+
+    for n, dim in ((64, 16), (512, 512), (30, 7)):
+        assert torch.equal(MarianSinusoidalPositionalEmbedding(n, dim).create_weight(), sinusoid_table(n, dim, "split"))
+
+
+def test_detects_and_converts(marian):
+    path, hf, _ = marian
+    assert is_marian_dir(path) and not is_marian_dir(path / "missing")
+    imp = read_marian(path)
+    cfg, hc = imp.model_cfg, hf.config
+    assert (cfg.pad_id, cfg.eos_id, cfg.decoder_start_id) == (hc.pad_token_id, hc.eos_token_id, hc.pad_token_id)
+    assert cfg.sinusoid_layout == "split" and not cfg.pre_norm and cfg.max_positions == hc.max_position_embeddings
+    enc, dec = hf.get_encoder().embed_tokens.weight, hf.get_decoder().embed_tokens.weight
+    assert cfg.share_embeddings == (enc.shape == dec.shape and torch.equal(enc, dec))
+    assert cfg.tie_output == bool(hc.tie_word_embeddings)
+    assert torch.equal(imp.tensors["final_logits_bias"], hf.final_logits_bias[0])
+
+
+def test_tokenisation_matches(marian):
+    path, _, tok = marian
+    ours = Translator.load(path).tokenizer
+    ids, mask = _batch(tok, TEXTS + [""])
+    expected = [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+    got = [encode_source(s, tok.eos_token_id, 512) for s in ours.encode_src(TEXTS + [""])]
+    assert got == expected
+    assert ours.src_pieces(">>fra<< the cat")[0] == ">>fra<<"
+    gen = torch.Generator().manual_seed(0)
+    seqs = torch.randint(0, len(tok.target_encoder if tok.separate_vocabs else tok.encoder), (12, 9), generator=gen)
+    assert ours.decode_tgt(seqs.tolist()) == tok.batch_decode(seqs, skip_special_tokens=True)
+
+
+def test_logits_match(marian):
+    path, hf, tok = marian
+    _, model = load_marian(path)
+    src, mask = _batch(tok, TEXTS)
+    tgt_in = torch.randint(0, model.cfg.tgt_vocab_size, (src.size(0), 11), generator=torch.Generator().manual_seed(1))
+    tgt_in[:, 0] = model.cfg.decoder_start_id
+    with torch.no_grad():
+        expected = hf(input_ids=src, attention_mask=mask, decoder_input_ids=tgt_in).logits
+        got = model(src, ~mask.bool(), tgt_in)
+    torch.testing.assert_close(got, expected, atol=5e-4, rtol=1e-4)
+
+
+def _hf_generate(hf, src, mask, beams: int, limits: torch.Tensor):
+    with torch.no_grad():
+        out = hf.generate(
+            input_ids=src, attention_mask=mask, num_beams=beams, do_sample=False, early_stopping=True,
+            length_penalty=1.0, max_new_tokens=int(limits.max()) + 2, bad_words_ids=[[hf.config.pad_token_id]],
+            logits_processor=[hf_length_limit(limits.repeat_interleave(beams), hf.config.eos_token_id)],
+            output_scores=True, return_dict_in_generate=True,
+        )
+    seqs = []
+    for row in out.sequences[:, 1:].tolist():
+        seqs.append(row[: row.index(hf.config.eos_token_id)] if hf.config.eos_token_id in row else row)
+    return out, seqs
+
+
+@pytest.mark.parametrize("beams", [1, 4])
+def test_search_matches_generate(marian, beams):
+    path, hf, tok = marian
+    translator = Translator.load(path)
+    src, mask = _batch(tok, TEXTS)
+    pad_mask = ~mask.bool()
+    cfg = DecodeConfig(beam_size=beams, max_len_a=A, max_len_b=B)
+    limits = max_lengths((~pad_mask).sum(1), A, B, translator.model.cfg.max_positions - 1)
+    out, expected = _hf_generate(hf, src, mask, beams, limits)
+    hyps = generate(translator.model, src, pad_mask, cfg)
+    assert [h[0].tokens for h in hyps] == expected
+    assert any(len(e) < lim for e, lim in zip(expected, limits.tolist()))  # not every sentence hits the limit
+    if beams > 1:  # same length-normalised scores (log p / length**alpha, </s> counted)
+        torch.testing.assert_close(torch.tensor([h[0].score for h in hyps], dtype=torch.float64), out.sequences_scores.double(),
+                                   atol=2e-4, rtol=0)
+    texts = translator.translate(TEXTS, split=False, beam_size=beams, max_len_a=A, max_len_b=B)
+    assert texts == tok.batch_decode(out.sequences, skip_special_tokens=True)
+
+
+def test_language_tag_kept_for_every_sentence(marian):
+    path, _, _ = marian
+    translator = Translator.load(path)
+    joined = translator.translate([">>fra<< The cat sat. A dog ran far away."], beam_size=1)
+    parts = translator.translate([">>fra<< The cat sat.", ">>fra<< A dog ran far away."], beam_size=1)
+    assert joined == [" ".join(parts)]
+
+
+def test_import_cli_and_pytorch_bin(marian, tmp_path):
+    path, _, _ = marian
+    out = tmp_path / "imported"
+    assert main(["import-marian", str(path), str(out)]) == 0
+    direct, imported = Translator.load(path), Translator.load(out)
+    assert imported.dir.meta["format_version"] == 1 and imported.dir.meta["tokenizer"]["lang_tags"] is True
+    assert imported.translate(TEXTS, beam_size=2) == direct.translate(TEXTS, beam_size=2)
+
+    legacy = tmp_path / "legacy"  # an old-style checkpoint: pickle-free torch.load of pytorch_model.bin
+    shutil.copytree(path, legacy)
+    from safetensors.torch import load_file
+
+    torch.save(load_file(legacy / "model.safetensors"), legacy / "pytorch_model.bin")
+    (legacy / "model.safetensors").unlink()
+    assert Translator.load(legacy).translate(TEXTS, beam_size=2) == direct.translate(TEXTS, beam_size=2)
+
+
+def test_threads_and_int8(marian, tmp_path, capsys):
+    path, _, _ = marian
+    fp32 = Translator.load(path).translate(TEXTS, beam_size=2)
+    int8 = Translator.load(path, quantize="int8")
+    assert isinstance(int8.model.decoder.layers[0].ffn.fc1, torch.ao.nn.quantized.dynamic.Linear)
+    assert len(int8.translate(TEXTS, beam_size=2)) == len(fp32)
+    threads = torch.get_num_threads()
+    try:
+        assert main(["translate", "--model", str(path), "--threads", "1", "--quantize", "int8", "--beam-size", "2",
+                     TEXTS[0]]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert len(capsys.readouterr().out.splitlines()) == 1
