@@ -14,9 +14,10 @@ def open_text(path: Path):
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    # utf-8-sig: a byte-order mark (Windows editors) is dropped, not glued to the first sentence.
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="\n")
-    return open(path, encoding="utf-8", newline="\n")
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="\n")
+    return open(path, encoding="utf-8-sig", newline="\n")
 
 
 def read_lines(path: Path) -> list[str]:

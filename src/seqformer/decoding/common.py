@@ -35,11 +35,12 @@ def constrain(logprobs: Tensor, step: int, limits: Tensor, min_len: int, eos_id:
     """
     if pad_id is not None and pad_id != eos_id:
         logprobs[:, pad_id] = float("-inf")  # never an output (OPUS-MT configs ban it via bad_words_ids)
+    at_limit = limits <= step  # (N,)
+    # The length limit wins over min_len: a row at its limit always gets a finite </s>.
+    eos_col = logprobs[at_limit, eos_id].clone() if bool(at_limit.any()) else None
     if step < min_len:
         logprobs[:, eos_id] = float("-inf")
-    at_limit = limits <= step  # (N,)
-    if bool(at_limit.any()):
-        eos_col = logprobs[at_limit, eos_id].clone()
+    if eos_col is not None:
         logprobs[at_limit] = float("-inf")
         logprobs[at_limit, eos_id] = eos_col
     return logprobs

@@ -1,0 +1,97 @@
+"""Configuration: frozen, validated on creation, unknown keys rejected, JSON round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from conftest import call_main
+
+from seqformer.config import DecodeConfig, ModelConfig, TrainConfig, from_dict, load_recipe, to_dict
+from seqformer.errors import ConfigError
+
+
+@pytest.mark.parametrize("cls", [ModelConfig, TrainConfig, DecodeConfig])
+def test_configs_are_frozen(cls):
+    cfg = cls()
+    name = dataclasses.fields(cls)[0].name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(cfg, name, getattr(cfg, name))
+
+
+@pytest.mark.parametrize("cls,fields,message", [
+    (ModelConfig, dict(d_model=30, n_heads=4), "multiple of n_heads"),
+    (ModelConfig, dict(d_model=0), "multiple of n_heads"),
+    (ModelConfig, dict(n_encoder_layers=0), "at least one layer"),
+    (ModelConfig, dict(d_ff=0), "d_ff"),
+    (ModelConfig, dict(dropout=1.0), "dropout"),
+    (ModelConfig, dict(attention_dropout=-0.1), "attention_dropout"),
+    (ModelConfig, dict(activation="tanh"), "activation"),
+    (ModelConfig, dict(positional="rotary"), "positional"),
+    (ModelConfig, dict(sinusoid_layout="stacked"), "sinusoid_layout"),
+    (ModelConfig, dict(max_positions=1), "max_positions"),
+    (ModelConfig, dict(src_vocab_size=100, tgt_vocab_size=200), "share_embeddings"),
+    (ModelConfig, dict(tgt_vocab_size=8000, eos_id=8000), "eos_id"),
+    (ModelConfig, dict(pad_id=-1), "pad_id"),
+    (TrainConfig, dict(preset="huge"), "preset"),
+    (TrainConfig, dict(vocab_size=8), "vocab_size"),
+    (TrainConfig, dict(max_tokens=0), "max_tokens"),
+    (TrainConfig, dict(update_freq=0), "update_freq"),
+    (TrainConfig, dict(lr=0.0), "lr"),
+    (TrainConfig, dict(label_smoothing=1.0), "label_smoothing"),
+    (TrainConfig, dict(precision="fp8"), "precision"),
+    (TrainConfig, dict(max_steps=-1), "limits"),
+    (TrainConfig, dict(max_len=2), "max_len"),
+    (TrainConfig, dict(spm_model_type="char"), "spm_model_type"),
+    (DecodeConfig, dict(beam_size=0), "beam_size"),
+    (DecodeConfig, dict(beam_size=2, nbest=3), "nbest"),
+    (DecodeConfig, dict(nbest=0), "nbest"),
+    (DecodeConfig, dict(temperature=0.0), "temperature"),
+    (DecodeConfig, dict(top_k=-1), "top_k"),
+    (DecodeConfig, dict(top_p=0.0), "top_p"),
+    (DecodeConfig, dict(top_p=1.5), "top_p"),
+    (DecodeConfig, dict(max_len_b=0), "max_len_b"),
+    (DecodeConfig, dict(batch_size=0), "batch_size"),
+])
+def test_bad_values_are_rejected(cls, fields, message):
+    with pytest.raises(ConfigError, match=message):
+        cls(**fields)
+
+
+def test_good_edge_values_are_accepted():
+    ModelConfig(src_vocab_size=100, tgt_vocab_size=200, share_embeddings=False, dropout=0.0)
+    DecodeConfig(sampling=True, beam_size=1, nbest=5)  # sampling draws nbest samples, no beam needed
+    assert TrainConfig(adam_betas=[0.9, 0.99]).adam_betas == (0.9, 0.99)
+
+
+@pytest.mark.parametrize("cfg", [ModelConfig(d_model=64, n_heads=2, pre_norm=True), TrainConfig(lr=3e-4, train="x.tsv"),
+                                 DecodeConfig(beam_size=5, nbest=2, top_p=0.9)], ids=["model", "train", "decode"])
+def test_dict_round_trip(cfg):
+    data = json.loads(json.dumps(to_dict(cfg)))
+    assert from_dict(type(cfg), data) == cfg
+
+
+def test_unknown_keys_are_rejected():
+    with pytest.raises(ConfigError, match="unknown ModelConfig field.*d_modle"):
+        from_dict(ModelConfig, {"d_modle": 64})
+    assert from_dict(ModelConfig, {"d_modle": 64, "d_model": 64, "n_heads": 2}, strict=False).d_model == 64
+
+
+def test_recipes_are_validated(tmp_path):
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps({"train": {"lr": 1e-3}, "model": {"d_model": 64}}))
+    assert load_recipe(path) == ({"lr": 1e-3}, {"d_model": 64})
+    for bad, message in [({"train": {}, "optim": {}}, "unknown section"), ({"train": {"lrr": 1}}, "lrr"),
+                         ({"model": {"layers": 2}}, "layers"), ({"train": {"lr": -1.0}}, "lr must be positive")]:
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ConfigError, match=message):
+            load_recipe(path)
+
+
+def test_bad_recipe_on_the_command_line_is_one_line(tmp_path, capsys):
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps({"train": {"warmup": 10}}))
+    assert call_main("train", "--config", path, "--train", "x.tsv", "--out", tmp_path / "out") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "warmup" in err[0] and err[0].startswith("seqformer: error: ")

@@ -1,0 +1,245 @@
+"""Bad input: user mistakes are one-line errors with exit status 1, damaged files are detected,
+and odd text (empty, unknown characters, too long) never crashes translation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import pytest
+import torch
+from conftest import call_main, reversal_pairs, run_seqformer, tiny_model, write_tsv
+
+import seqformer
+from seqformer import TrainConfig
+from seqformer.data.corpus import read_parallel
+from seqformer.errors import DataError
+from seqformer.segment import split_sentences
+from seqformer.training import checkpoint as ckpt
+from seqformer.translator import Translator
+
+
+def _one_line_error(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("seqformer: error: ")
+    return lines[0]
+
+
+def test_malformed_tsv_line_is_reported_with_file_and_line(tmp_path):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("a b\tb a\nc d\td c\nthis line has no tab\ne f\tf e\n")
+    result = run_seqformer("train", "--train", str(bad), "--out", str(tmp_path / "out"), "--quiet")
+    assert result.returncode == 1
+    assert f"{bad}:3:" in _one_line_error(result.stderr)
+
+
+def test_misaligned_prefix_pair_is_an_error(tmp_path, capsys):
+    (tmp_path / "corpus.en").write_text("a\nb\nc\n")
+    (tmp_path / "corpus.fr").write_text("a\nb\n")
+    assert call_main("train", "--train", tmp_path / "corpus", "--out", tmp_path / "out", "--quiet") == 1
+    line = _one_line_error(capsys.readouterr().err)
+    assert "corpus.en has 3 lines" in line and "corpus.fr has 2" in line
+
+
+def test_misaligned_references_are_an_error(model_dir, tmp_path, capsys):
+    (tmp_path / "src.txt").write_text("a b\nc d\n")
+    (tmp_path / "ref.txt").write_text("b a\n")
+    rc = call_main("evaluate", "--model", model_dir, "--src", tmp_path / "src.txt", "--ref", tmp_path / "ref.txt")
+    assert rc == 1
+    assert "ref.txt has 1 lines but" in _one_line_error(capsys.readouterr().err)
+
+
+def test_prefix_pair_and_gzip_are_read(tmp_path):
+    import gzip
+
+    (tmp_path / "c.en").write_text("a b\nc\n")
+    with gzip.open(tmp_path / "c.fr.gz", "wt") as f:
+        f.write("b a\nc\n")
+    assert read_parallel(str(tmp_path / "c"), "en", "fr") == [("a b", "b a"), ("c", "c")]
+    with pytest.raises(DataError, match="neither"):
+        read_parallel(str(tmp_path / "c"), "en", "de")
+
+
+def test_byte_order_mark_and_crlf_are_not_part_of_the_text(tmp_path):
+    (tmp_path / "bom.tsv").write_bytes("\ufeffa b\tb a\r\nc\td\r\n".encode())
+    assert read_parallel(str(tmp_path / "bom.tsv")) == [("a b", "b a"), ("c", "d")]
+
+
+def test_invalid_utf8_is_a_data_error(tmp_path):
+    (tmp_path / "bad.tsv").write_bytes(b"a\tb\n\xff\xfe\tc\n")
+    with pytest.raises(DataError, match="UTF-8"):
+        read_parallel(str(tmp_path / "bad.tsv"))
+
+
+def _broken_copy(model_dir, tmp_path, breaker):
+    target = tmp_path / "broken"
+    shutil.copytree(model_dir, target)
+    breaker(target)
+    return target
+
+
+BREAKERS = {
+    "missing dir": (lambda d: shutil.rmtree(d), "model directory not found"),
+    "missing config": (lambda d: (d / "config.json").unlink(), "config.json: file not found"),
+    "invalid config": (lambda d: (d / "config.json").write_text("{ not json"), "invalid JSON"),
+    "missing weights": (lambda d: (d / "model.safetensors").unlink(), "weights file not found"),
+    "garbage weights": (lambda d: (d / "model.safetensors").write_bytes(b"\x00garbage" * 100), "corrupt or truncated"),
+    "truncated weights": (lambda d: _truncate(d / "model.safetensors"), "corrupt or truncated"),
+    "corrupt tokenizer": (lambda d: (d / "spm.model").write_bytes(b"not a model"), "not a valid SentencePiece"),
+    "missing tokenizer": (lambda d: (d / "spm.model").unlink(), "SentencePiece model not found"),
+}
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("case", list(BREAKERS))
+def test_damaged_model_directory_is_a_one_line_error(model_dir, tmp_path, capsys, case):
+    breaker, message = BREAKERS[case]
+    broken = _broken_copy(model_dir, tmp_path, breaker)
+    assert call_main("translate", "--model", broken, "a b c") == 1
+    captured = capsys.readouterr()
+    assert message in _one_line_error(captured.err)
+    assert captured.out == ""
+
+
+def test_damaged_model_directory_in_a_real_process(model_dir, tmp_path):
+    broken = _broken_copy(model_dir, tmp_path, BREAKERS["garbage weights"][0])
+    result = run_seqformer("translate", "--model", str(broken), "a b c")
+    assert result.returncode == 1
+    assert "corrupt or truncated" in _one_line_error(result.stderr)
+
+
+def _three_checkpoints(directory):
+    model = tiny_model(seed=30)
+    opt = torch.optim.Adam(model.parameters())
+    for step in (1, 2, 3):
+        with torch.no_grad():
+            model.encoder.layers[0].ffn.fc1.bias.fill_(step)
+        ckpt.save_checkpoint(directory, model, opt, ckpt.TrainState(step=step))
+    return ckpt.list_checkpoints(directory)
+
+
+def _flip_byte_in_tensor_data(path):
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # the end of the file is tensor data: still parses, checksum must catch it
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip_byte_in_tensor_data, lambda p: p.write_bytes(b"")],
+                         ids=["truncated", "bit-flip", "empty"])
+def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, damage):
+    paths = _three_checkpoints(tmp_path)
+    damage(paths[-1])
+    with pytest.warns(UserWarning, match="ckpt-00000003.*falling back"):
+        path, tensors, meta = ckpt.load_latest(tmp_path)
+    assert path == paths[1]
+    assert json.loads(meta["state"])["step"] == 2
+    assert tensors["model.encoder.layers.0.ffn.fc1.bias"].eq(2).all()
+
+
+def test_no_good_checkpoint_gives_none(tmp_path):
+    assert ckpt.load_latest(tmp_path) is None
+    for path in _three_checkpoints(tmp_path):
+        _truncate(path)
+    with pytest.warns(UserWarning):
+        assert ckpt.load_latest(tmp_path) is None
+
+
+def test_resume_skips_a_damaged_checkpoint_and_still_reproduces_the_run(tmp_path, spm_file):
+    train = write_tsv(tmp_path / "train.tsv", reversal_pairs(30, seed=7))
+
+    def config(name, steps):
+        return TrainConfig(train=str(train), out=str(tmp_path / name), tokenizer=str(spm_file), preset="tiny",
+                           max_tokens=64, lr=2e-3, warmup_steps=2, max_steps=steps, precision="fp32",
+                           log_every=1, save_every=2, keep_last=5, seed=7)
+
+    model = dict(d_model=16, n_heads=2, n_encoder_layers=1, n_decoder_layers=1, d_ff=32, dropout=0.2)
+    full = seqformer.train(config("full", 6), model, progress=False)
+    part = seqformer.train(config("part", 4), model, progress=False)
+    _flip_byte_in_tensor_data(part / "checkpoints" / "ckpt-00000004.safetensors")
+    with pytest.warns(UserWarning, match="falling back"):
+        seqformer.train(config("part", 6), model, resume=True, progress=False)
+
+    def losses(out):
+        return [(r["step"], r["loss"]) for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())]
+
+    assert losses(part) == losses(full)  # steps 3-4 were redone from ckpt 2 and the log truncated to match
+
+
+def test_existing_checkpoints_need_resume(tmp_path, spm_file, capsys):
+    train = write_tsv(tmp_path / "train.tsv", reversal_pairs(10, seed=8))
+    args = ["train", "--train", train, "--out", tmp_path / "out", "--tokenizer", spm_file, "--preset", "tiny",
+            "--d-model", "16", "--n-heads", "2", "--max-steps", "1", "--quiet", "--precision", "fp32"]
+    assert call_main(*args) == 0
+    capsys.readouterr()
+    assert call_main(*args) == 1
+    assert "--resume" in _one_line_error(capsys.readouterr().err)
+
+
+# --- odd text ----------------------------------------------------------------------------------
+
+def test_empty_input_gives_empty_output(model_dir):
+    translator = Translator.load(model_dir)
+    out = translator.translate(["", "a b", "   ", ""])
+    assert out[0] == out[2] == out[3] == ""
+    assert translator.translate_nbest([""]) == [[]]
+    assert translator.translate([]) == []
+
+
+def test_unknown_characters_do_not_crash(model_dir):
+    translator = Translator.load(model_dir)
+    texts = ["日本語 ☃ a b", "Ω", "\u200b", "a\u0000b", "🙂" * 5]
+    for options in (dict(beam_size=1), dict(beam_size=3)):
+        out = translator.translate(texts, **options)
+        assert len(out) == len(texts) and all(isinstance(t, str) for t in out)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Hello there. How are you? I'm fine!", ["Hello there.", "How are you?", "I'm fine!"]),
+    ('He said "Stop." Then he left.', ['He said "Stop."', "Then he left."]),
+    ("Numbers like 3.14 stay. 42 starts a sentence.", ["Numbers like 3.14 stay.", "42 starts a sentence."]),
+    ("e.g. this is one sentence. and so is this", ["e.g. this is one sentence. and so is this"]),
+    ("  spaced\n  out.   Next  one  ", ["spaced out.", "Next one"]),
+    ("", [""]),
+    ("   ", [""]),
+])
+def test_split_sentences(text, expected):
+    assert split_sentences(text) == expected
+
+
+def test_long_input_is_split_into_sentences(model_dir):
+    translator = Translator.load(model_dir)
+    sentences = ["a b c d e f g h i j a b.", "C d e f g h i j a b c d.", "E f g h i j a b c d e f."]
+    joined = " ".join(sentences)
+    assert translator.tokenizer.encode_src([joined])[0].__len__() + 1 > translator.model.cfg.max_positions
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # split sentences fit: no truncation warning
+        (whole,) = translator.translate_nbest([joined], beam_size=2)
+    parts = translator.translate_nbest(sentences, beam_size=2)
+    assert len(whole) == 1
+    assert whole[0].text == " ".join(p[0].text for p in parts)
+    assert whole[0].score == pytest.approx(sum(p[0].score for p in parts))
+
+
+def test_long_input_without_splitting_is_truncated_with_a_warning(model_dir):
+    translator = Translator.load(model_dir)
+    limit = translator.model.cfg.max_positions  # 24: 23 subwords and </s>
+    symbols = ("a b c d e f g h i j " * 4).split()
+    with pytest.warns(UserWarning, match="truncated"):
+        long = translator.translate([" ".join(symbols)], split=False)
+    assert long == translator.translate([" ".join(symbols[: limit - 1])], split=False)
+
+
+def test_long_input_on_the_command_line_warns_on_one_line(model_dir):
+    text = " ".join(("a b c d e f g h i j " * 4).split())
+    result = run_seqformer("translate", "--model", str(model_dir), "--no-split", text)
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 1
+    err = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("seqformer: warning: ") and "truncated" in err[0], result.stderr
+

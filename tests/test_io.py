@@ -1,0 +1,97 @@
+"""Model directories: save -> load gives the same model and the same translations (fp32 and fp16)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import random_ids, src_batch, tiny_model, write_model_dir
+from safetensors.torch import load_file
+
+from seqformer.config import FORMAT_VERSION, DecodeConfig
+from seqformer.decoding import generate
+from seqformer.errors import ConfigError, ModelDirError
+from seqformer.io import export_state, import_state, read_model_dir
+from seqformer.model.transformer import Seq2SeqTransformer
+from seqformer.translator import Translator
+
+TEXTS = ["a b c", "j i h g f e d c", "a", "b b b b", "c a e g i"]
+
+
+def _same_outputs(a, b, atol=0.0):
+    src, mask = src_batch(random_ids([5, 3, 8], a.cfg.src_vocab_size, seed=0))
+    tgt = torch.tensor(random_ids([6] * 3, a.cfg.tgt_vocab_size, seed=1))
+    with torch.no_grad():
+        torch.testing.assert_close(a(src, mask, tgt), b(src, mask, tgt), atol=atol, rtol=0)
+        for cfg in (DecodeConfig(beam_size=1), DecodeConfig(beam_size=3, nbest=3)):
+            got = [[h.tokens for h in n] for n in generate(a, src, mask, cfg)]
+            assert got == [[h.tokens for h in n] for n in generate(b, src, mask, cfg)]
+
+
+def test_round_trip_gives_identical_model_and_translations(model_dir, random_model):
+    loaded = Translator.load(model_dir)
+    assert loaded.model.cfg == random_model.cfg
+    for name, value in random_model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], value), name
+    _same_outputs(loaded.model, random_model)
+    direct = Translator(random_model, read_model_dir(model_dir))
+    for options in (dict(beam_size=1), dict(beam_size=4, nbest=2)):
+        assert loaded.translate(TEXTS, **options) == direct.translate(TEXTS, **options)
+
+
+@pytest.mark.parametrize("variant", [dict(), dict(share_embeddings=False, tie_output=False, final_logits_bias=True,
+                                                  positional="learned", pre_norm=True)], ids=["tied", "untied"])
+def test_round_trip_of_every_variant(tmp_path, spm_file, tokenizer, variant):
+    vocab = tokenizer.src.get_piece_size()
+    model = tiny_model(seed=21, src_vocab_size=vocab, tgt_vocab_size=vocab, **variant)
+    write_model_dir(tmp_path / "m", model, spm_file)
+    _same_outputs(Translator.load(tmp_path / "m").model, model)
+
+
+def test_fp16_weights_load_as_the_rounded_model(tmp_path, random_model, spm_file):
+    write_model_dir(tmp_path / "m", random_model, spm_file, dtype=torch.float16)
+    stored = load_file(tmp_path / "m" / "model.safetensors")
+    assert all(t.dtype == torch.float16 for t in stored.values())
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["weights_dtype"] == "float16"
+    loaded = Translator.load(tmp_path / "m").model
+    rounded = Seq2SeqTransformer(random_model.cfg).eval()
+    with torch.no_grad():
+        for name, p in rounded.state_dict().items():
+            p.copy_(random_model.state_dict()[name].half().float())
+    for name, p in loaded.state_dict().items():
+        assert p.dtype == torch.float32
+        assert torch.equal(p, rounded.state_dict()[name]), name
+    _same_outputs(loaded, rounded)
+    _same_outputs(loaded, random_model, atol=2e-2)  # fp16 rounding barely moves the logits
+
+
+def test_shared_tensors_are_stored_once_and_restored_everywhere(tmp_path, random_model, spm_file):
+    write_model_dir(tmp_path / "m", random_model, spm_file)
+    stored = load_file(tmp_path / "m" / "model.safetensors")
+    shared = [n for n in random_model.state_dict() if n.endswith("embed.weight")]
+    assert len(shared) == 2 and sum(n in stored for n in shared) == 1
+    loaded = Translator.load(tmp_path / "m").model
+    assert loaded.encoder.embed.weight is loaded.decoder.embed.weight
+    assert torch.equal(loaded.decoder.embed.weight, random_model.decoder.embed.weight)
+
+
+def test_mismatched_weights_are_rejected():
+    model = tiny_model()
+    state = export_state(model)
+    with pytest.raises(ModelDirError, match="missing"):
+        import_state(tiny_model(), {k: v for k, v in state.items() if "fc1" not in k}, "test")
+    with pytest.raises(ModelDirError, match="unexpected"):
+        import_state(tiny_model(), {**state, "extra.weight": torch.zeros(2)}, "test")
+    with pytest.raises(ModelDirError, match="shape"):
+        import_state(tiny_model(d_ff=32), state, "test")
+
+
+def test_unknown_format_version_is_rejected(tmp_path, random_model, spm_file):
+    write_model_dir(tmp_path / "m", random_model, spm_file)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["format_version"] == FORMAT_VERSION
+    config["format_version"] = FORMAT_VERSION + 1
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="format_version"):
+        Translator.load(tmp_path / "m")

@@ -1,0 +1,204 @@
+"""Training oracles: a tiny model learns to reverse sequences; an interrupted and resumed run
+reproduces the uninterrupted one exactly; averaging is the mean; the loss and schedule are right."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import reversal_pairs, tiny_model, write_model_dir, write_tsv
+from safetensors.torch import load_file
+
+import seqformer
+from seqformer import TrainConfig, Translator
+from seqformer.data.batching import bucket_batches, collate
+from seqformer.training import checkpoint as ckpt
+from seqformer.training.average import average_checkpoints
+from seqformer.training.optim import batch_loss, inverse_sqrt_lr, smoothed_loss
+from seqformer.training.trainer import Trainer
+
+
+def test_tiny_model_learns_to_reverse(tmp_path, spm_file):
+    """~20 s on one free core: 800 updates of a 2+2-layer, d_model 64 model, then >= 95% exact match."""
+    train = write_tsv(tmp_path / "train.tsv", reversal_pairs(3000, seed=1))
+    cfg = TrainConfig(train=str(train), out=str(tmp_path / "run"), tokenizer=str(spm_file), preset="tiny",
+                      max_tokens=600, lr=1e-3, warmup_steps=50, max_steps=800, precision="fp32",
+                      label_smoothing=0.0, log_every=100, save_every=10_000, seed=1)
+    overrides = dict(d_model=64, n_heads=4, n_encoder_layers=2, n_decoder_layers=2, d_ff=128, dropout=0.0)
+    out = seqformer.train(cfg, overrides, progress=False)
+    test = reversal_pairs(200, seed=2)
+    translator = Translator.load(out)
+    hyps = translator.translate([s for s, _ in test], beam_size=1)
+    accuracy = sum(h == t for h, (_, t) in zip(hyps, test)) / len(test)
+    assert accuracy >= 0.95, list(zip(hyps, test))[:10]
+    losses = [r["loss"] for r in _log(out) if "loss" in r]
+    assert losses[-1] < 0.1 < losses[0]
+
+
+def _log(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def _resume_config(tmp_path, spm_file, name: str, max_steps: int) -> TrainConfig:
+    train = tmp_path / "train.tsv"
+    if not train.is_file():
+        write_tsv(train, reversal_pairs(40, seed=3))
+    return TrainConfig(train=str(train), out=str(tmp_path / name), tokenizer=str(spm_file), preset="tiny",
+                       max_tokens=64, lr=2e-3, warmup_steps=4, max_steps=max_steps, precision="fp32",
+                       label_smoothing=0.1, log_every=1, save_every=1000, seed=3)
+
+
+RESUME_MODEL = dict(d_model=32, n_heads=2, n_encoder_layers=1, n_decoder_layers=1, d_ff=64, dropout=0.3,
+                    attention_dropout=0.2)
+
+
+@pytest.mark.parametrize("interrupt", ["max_steps", "signal"])
+def test_resumed_run_reproduces_the_uninterrupted_run(tmp_path, spm_file, monkeypatch, interrupt):
+    k = 7  # the 40 pairs make about 5 batches, so the interruption falls in the second epoch
+    full = seqformer.train(_resume_config(tmp_path, spm_file, "full", 2 * k), RESUME_MODEL, progress=False)
+
+    if interrupt == "max_steps":
+        first = _resume_config(tmp_path, spm_file, "parts", k)
+        seqformer.train(first, RESUME_MODEL, progress=False)
+    else:
+        original = Trainer.train_step
+
+        def train_step(self, group):
+            stats = original(self, group)
+            if self.state.step == k:
+                assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler, "no SIGINT handler installed"
+                os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C would: finish the step, save, return
+            return stats
+
+        monkeypatch.setattr(Trainer, "train_step", train_step)
+        seqformer.train(_resume_config(tmp_path, spm_file, "parts", 2 * k), RESUME_MODEL, progress=False)
+        monkeypatch.undo()
+        assert not (tmp_path / "parts" / "model.safetensors").exists()  # a stopped run writes no model
+    parts = tmp_path / "parts"
+    assert [p.name for p in ckpt.list_checkpoints(parts / "checkpoints")] == [f"ckpt-{k:08d}.safetensors"]
+    seqformer.train(_resume_config(tmp_path, spm_file, "parts", 2 * k), RESUME_MODEL, resume=True, progress=False)
+
+    expected = [(r["step"], r["loss"], r["lr"]) for r in _log(full) if "loss" in r]
+    got = [(r["step"], r["loss"], r["lr"]) for r in _log(parts) if "loss" in r]
+    assert [s for s, _, _ in expected] == list(range(1, 2 * k + 1))
+    assert got == expected
+    assert [lr for _, _, lr in got] == pytest.approx([inverse_sqrt_lr(s, 2e-3, 4) for s in range(1, 2 * k + 1)])
+    a, b = load_file(full / "model.safetensors"), load_file(parts / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_a_different_seed_gives_a_different_curve(tmp_path, spm_file):
+    """The resume oracle above is not vacuous: dropout and batch order really depend on the RNG."""
+    a = seqformer.train(_resume_config(tmp_path, spm_file, "a", 3), RESUME_MODEL, progress=False)
+    cfg = _resume_config(tmp_path, spm_file, "b", 3)
+    b = seqformer.train(dataclasses.replace(cfg, seed=4), RESUME_MODEL, progress=False)
+    assert [r["loss"] for r in _log(a)] != [r["loss"] for r in _log(b)]
+
+
+def test_average_is_the_mean_of_the_last_checkpoints(tmp_path, spm_file, tokenizer):
+    vocab = tokenizer.src.get_piece_size()
+    run = write_model_dir(tmp_path / "run", tiny_model(seed=0, src_vocab_size=vocab, tgt_vocab_size=vocab), spm_file)
+    states = []
+    for step in (1, 2, 3):
+        model = tiny_model(seed=step, src_vocab_size=vocab, tgt_vocab_size=vocab)
+        opt = torch.optim.Adam(model.parameters())
+        (run / "checkpoints").mkdir(exist_ok=True)
+        ckpt.save_checkpoint(run / "checkpoints", model, opt, ckpt.TrainState(step=step))
+        states.append({n: p.detach().clone() for n, p in model.state_dict().items()})
+    for dtype in ("float32", "float16"):
+        out = average_checkpoints(run, last=2, out=tmp_path / f"avg-{dtype}", dtype=dtype)
+        saved = load_file(out / "model.safetensors")
+        assert json.loads((out / "config.json").read_text())["averaged_from"] == [
+            "ckpt-00000002.safetensors", "ckpt-00000003.safetensors"]
+        for name, value in saved.items():
+            mean = ((states[1][name].double() + states[2][name].double()) / 2).float()
+            expected = mean.half() if dtype == "float16" else mean
+            assert torch.equal(value, expected), name
+        averaged = Translator.load(out)
+        assert averaged.translate(["a b c"]) == averaged.translate(["a b c"])
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
+def test_smoothed_loss_matches_torch_cross_entropy(eps):
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(9, 13, generator=gen) * 3).requires_grad_()
+    labels = torch.randint(0, 13, (9,), generator=gen)
+    reference_logits = logits.detach().clone().requires_grad_()
+    loss, nll = smoothed_loss(logits, labels, eps)
+    expected = F.cross_entropy(reference_logits, labels, label_smoothing=eps, reduction="sum")
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(nll, F.cross_entropy(logits.detach(), labels, reduction="sum"))
+    (2.5 * loss).backward()
+    (2.5 * expected).backward()
+    torch.testing.assert_close(logits.grad, reference_logits.grad)
+
+
+def test_inverse_sqrt_schedule():
+    peak, warmup = 1e-3, 4
+    assert [inverse_sqrt_lr(s, peak, warmup) for s in range(1, 5)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert inverse_sqrt_lr(16, peak, warmup) == pytest.approx(peak / 2)  # peak * sqrt(4 / 16)
+    after = [inverse_sqrt_lr(s, peak, warmup) for s in range(4, 200)]
+    assert all(a > b for a, b in zip(after, after[1:]))
+    assert inverse_sqrt_lr(9, peak, 0) == pytest.approx(peak / 3)
+    assert inverse_sqrt_lr(0, peak, warmup) == inverse_sqrt_lr(1, peak, warmup)
+
+
+@torch.no_grad()
+def test_loss_ignores_padding():
+    """Summed over a padded batch, the loss equals the sum of each example's loss alone."""
+    model = tiny_model(seed=8)
+    cfg = model.cfg
+    examples = [([5, 6, 7, 3], [8, 9]), ([5, 3], [10, 11, 12, 13, 14]), ([9, 8, 7, 6, 5, 4, 3], [4])]
+    batch = collate(examples, cfg.pad_id, cfg.decoder_start_id, cfg.eos_id)
+    loss, nll, n = batch_loss(model, batch, 0.1)
+    assert n == 3 + 6 + 2
+    alone = [batch_loss(model, collate([e], cfg.pad_id, cfg.decoder_start_id, cfg.eos_id), 0.1) for e in examples]
+    torch.testing.assert_close(loss, sum(a[0] for a in alone), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(nll, sum(a[1] for a in alone), atol=1e-5, rtol=1e-5)
+    # And the NLL is the teacher-forced -log p of the labels.
+    e = examples[1]
+    src = torch.tensor([e[0]])
+    lp = model(src, src.eq(cfg.pad_id), torch.tensor([[cfg.decoder_start_id, *e[1]]])).log_softmax(-1)[0]
+    expected = -sum(lp[t, tok] for t, tok in enumerate(e[1] + [cfg.eos_id]))
+    torch.testing.assert_close(alone[1][1], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_token_batches_cover_each_example_once_within_budget():
+    lengths = [(n % 7 + 2, (n * 3) % 11 + 2) for n in range(100)]
+    batches = bucket_batches(lengths, max_tokens=40, seed=1, epoch=0)
+    assert sorted(i for b in batches for i in b) == list(range(100))
+    for b in batches:
+        assert len(b) == 1 or max(max(lengths[i]) for i in b) * len(b) <= 40
+    assert batches == bucket_batches(lengths, max_tokens=40, seed=1, epoch=0)
+    assert batches != bucket_batches(lengths, max_tokens=40, seed=1, epoch=1)
+
+
+def test_checkpoint_restores_model_optimizer_and_rng(tmp_path):
+    model = tiny_model(seed=9)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(*_dummy(model)).sum().backward()
+    opt.step()
+    torch.manual_seed(123)
+    path = ckpt.save_checkpoint(tmp_path, model, opt, ckpt.TrainState(step=5, epoch=1, batch_in_epoch=2))
+    expected_draw = torch.rand(3)
+    other = tiny_model(seed=10)
+    other_opt = torch.optim.Adam(other.parameters(), lr=1e-3)
+    tensors, meta = ckpt.read_checkpoint(path)
+    state = ckpt.restore(other, other_opt, tensors, meta, str(path))
+    assert (state.step, state.epoch, state.batch_in_epoch) == (5, 1, 2)
+    assert torch.equal(torch.rand(3), expected_draw)
+    for (n, p), q in zip(model.state_dict().items(), other.state_dict().values()):
+        assert torch.equal(p, q), n
+    for pa, pb in zip(opt.state_dict()["state"].values(), other_opt.state_dict()["state"].values()):
+        assert all(torch.equal(torch.as_tensor(pa[k]), torch.as_tensor(pb[k])) for k in pa)
+
+
+def _dummy(model):
+    src = torch.tensor([[5, 6, 7, 3]])
+    return src, src.eq(0), torch.tensor([[2, 8, 9]])
+
