@@ -107,6 +107,7 @@ class Trainer:
         self._batches: tuple[int, list[list[int]]] = (-1, [])
         self._window = (0, time.perf_counter())  # tokens since the last log line, and when it was written
         self._saved_step = -1  # the step the newest checkpoint holds
+        self._validated_step = -1  # the step the last validation scored
 
     def resume(self) -> bool:
         found = ckpt.load_latest(self.ckpt_dir)
@@ -238,6 +239,7 @@ class Trainer:
 
     def run_validation(self) -> dict[str, float]:
         metrics = validate(self.model, self.data.tokenizer, self.valid_examples, self.data.valid, self.cfg)
+        self._validated_step = self.state.step
         metric = metrics.get("bleu", -metrics["valid_nll"])
         s = self.state
         if s.best_metric is None or metric > s.best_metric:
@@ -292,11 +294,11 @@ class Trainer:
         if self.stop_signal is not None:
             log.warning("stopped by signal %d at step %d; continue with --resume", self.stop_signal, self.state.step)
             return
-        if self.valid_examples:
+        if not self.valid_examples:
+            self.write_model()
+        elif self._validated_step != self.state.step:  # the loop may just have validated these weights
             metrics = self.run_validation()
             self.runlog.write({"step": self.state.step, "final": True, **metrics})
-        else:
-            self.write_model()
 
 
 def _existing_model_config(out: Path) -> ModelConfig | None:
