@@ -145,3 +145,14 @@ def call_main(*args) -> int:
             return main([str(a) for a in args])
     finally:
         warnings.formatwarning = formatwarning
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A small generated corpus (train.tsv) and its SentencePiece model, shared by the training tests."""
+    from train_helpers import write_corpus, write_tokenizer
+
+    d = tmp_path_factory.mktemp("data")
+    write_corpus(d)
+    write_tokenizer(d)
+    return d

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 import torch.distributed as dist
-from train_helpers import cli_args, curve, env, tiny_config, write_corpus, write_tokenizer
+from train_helpers import cli_args, curve, env, tiny_config
 
 from seqformer import Translator
 from seqformer.errors import ConfigError
@@ -19,14 +19,6 @@ from seqformer.training.distributed import Dist, shard
 from seqformer.training.trainer import train
 
 NO_DROPOUT = {"dropout": 0.0}
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    write_corpus(d)
-    write_tokenizer(d)
-    return d
 
 
 def test_shards_partition_the_global_batch():

@@ -13,7 +13,7 @@ import signal
 import time
 
 import pytest
-from train_helpers import curve, spawn_train, tiny_config, write_corpus, write_tokenizer
+from train_helpers import curve, spawn_train, tiny_config
 
 from seqformer.cli import main
 from seqformer.errors import ConfigError, ModelDirError, SeqformerError
@@ -22,14 +22,6 @@ from seqformer.training import rundir
 from seqformer.training import trainer as trainer_mod
 from seqformer.training.runlog import read_log
 from seqformer.training.trainer import MAX_BAD_STEPS, train
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    write_corpus(d)
-    write_tokenizer(d)
-    return d
 
 
 def _steps(out) -> list[int]:

@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from train_helpers import tiny_config, write_corpus, write_tokenizer
+from train_helpers import tiny_config
 
 from seqformer import Translator
 from seqformer.cli import main
@@ -18,14 +18,6 @@ from seqformer.training import checkpoint as ckpt
 from seqformer.training import trainer as trainer_mod
 from seqformer.training.runlog import COLUMNS, read_log
 from seqformer.training.trainer import train
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    write_corpus(d)
-    write_tokenizer(d)
-    return d
 
 
 @pytest.fixture(scope="module")
