@@ -39,6 +39,7 @@ from tatoeba_eval import load_split, run
 from torch import Tensor
 from train_throughput import marian_loss, marian_model
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, MarianMTModel
+from transformers.utils.logging import disable_progress_bar
 
 from seqformer import Translator
 from seqformer.config import DecodeConfig, ModelConfig, TrainConfig, from_dict, load_recipe, to_dict
@@ -214,7 +215,7 @@ class MarianTranslator:
         mc, dc = self.mc, DecodeConfig(beam_size=beam)
         real = src.ne(mc.pad_id)  # (B, S) True = real token
         limits = max_lengths(real.sum(dim=1), dc.max_len_a, dc.max_len_b, mc.max_positions - 1)  # (B,)
-        gen = GenerationConfig(num_beams=beam, do_sample=False, early_stopping=True, length_penalty=dc.length_penalty,
+        gen = GenerationConfig(num_beams=beam, do_sample=False, early_stopping=beam > 1, length_penalty=dc.length_penalty,
                                max_new_tokens=int(limits.max()) + 1, decoder_start_token_id=mc.decoder_start_id,
                                eos_token_id=mc.eos_id, pad_token_id=mc.pad_id)
         rules = LogitsProcessorList([SeqformerRules(limits.repeat_interleave(beam), mc)])  # rows are sentence-major
@@ -276,6 +277,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    disable_progress_bar()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     src, refs = load_split(Path(args.data) / f"{args.split}.multi.jsonl")
