@@ -140,6 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as err:  # e.g. an output path that cannot be written
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"seqformer: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

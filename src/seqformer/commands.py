@@ -35,6 +35,17 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_output(path: str | None) -> None:
+    """Fail before any work when an output file cannot be written."""
+    if not path:
+        return
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        raise DataError(f"{path}: output folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise DataError(f"{path}: output folder {parent} is not writable")
+
+
 def _translator(args: argparse.Namespace):
     from seqformer.translator import Translator
 
@@ -81,6 +92,7 @@ def _as_json(text: str, nbest: list, with_attention: bool) -> str:
 
 
 def translate(args: argparse.Namespace) -> int:
+    _check_output(args.output)
     translator = _translator(args)
     cfg = _decode_config(args)
     options: dict[str, Any] = asdict(cfg)
@@ -109,6 +121,7 @@ def evaluate(args: argparse.Namespace) -> int:
     for path, ref in zip(args.ref, refs):
         if len(ref) != len(src):
             raise DataError(f"{path} has {len(ref)} lines but {args.src} has {len(src)}: files must be line-aligned")
+    _check_output(args.hyp_out)
     translator = _translator(args)
     cfg = _decode_config(args)
     hyps = translator.translate(src, **asdict(cfg))
@@ -145,6 +158,7 @@ def serve(args: argparse.Namespace) -> int:
 def attention(args: argparse.Namespace) -> int:
     from seqformer.plot import render
 
+    _check_output(args.out)
     best, matrix = render(_translator(args), args.text, Path(args.out), args.layer, args.head,
                           **asdict(_decode_config(args)))
     print(best.text)

@@ -182,7 +182,10 @@ def from_dict(cls: type[T], data: dict[str, Any], *, strict: bool = True) -> T:
     unknown = sorted(set(data) - known)
     if unknown and strict:
         raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
-    return cls(**{k: v for k, v in data.items() if k in known})
+    try:
+        return cls(**{k: v for k, v in data.items() if k in known})
+    except TypeError as err:  # e.g. "lr": "0.001" or null in a JSON recipe
+        raise ConfigError(f"{cls.__name__}: a value has the wrong type ({err})") from None
 
 
 def migrate(data: dict[str, Any]) -> dict[str, Any]:
@@ -195,11 +198,18 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
 
 def read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
 
 
 def load_recipe(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:

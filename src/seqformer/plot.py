@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from seqformer.errors import ConfigError, SeqformerError
+from seqformer.io import atomic_write_bytes
 from seqformer.translator import Translation, Translator
 
 
@@ -55,7 +57,9 @@ def plot_attention(matrix: list[list[float]], src_tokens: list[str], tgt_tokens:
     fig.colorbar(image, ax=ax, fraction=0.04)
     fig.tight_layout()
     out = Path(out)
-    fig.savefig(out, format="png", dpi=120)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    atomic_write_bytes(out, buffer.getvalue())
     return out
 
 

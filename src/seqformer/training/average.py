@@ -27,6 +27,8 @@ def average_tensors(paths: list[Path]) -> dict[str, torch.Tensor]:
 
 def average_checkpoints(run_dir: Path, last: int, out: Path | None = None, dtype: str = "float32") -> Path:
     """Average the newest ``last`` checkpoints of ``run_dir`` into ``out`` (default: ``run_dir``)."""
+    if last < 1:
+        raise ModelDirError(f"--last must be >= 1, found {last}")
     paths = list_checkpoints(run_dir / "checkpoints")[-last:]
     if not paths:
         raise ModelDirError(f"{run_dir / 'checkpoints'}: no checkpoints to average")

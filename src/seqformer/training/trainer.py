@@ -203,8 +203,8 @@ class Trainer:
         c, s = self.cfg, self.state
         if c.max_steps and s.step >= c.max_steps:
             return True
-        if c.epochs and s.epoch >= c.epochs:
-            return True
+        if c.epochs and s.epoch + (s.batch_in_epoch >= len(self.epoch_batches())) >= c.epochs:
+            return True  # the last epoch ends with its last batch, not when the next one is asked for
         if c.max_minutes and s.elapsed_s >= c.max_minutes * 60:
             return True
         if c.patience and s.bad_validations >= c.patience:
