@@ -71,3 +71,17 @@ def test_early_stopping_keeps_the_best_model(data_dir, tmp_path, monkeypatch):
     assert max(r["step"] for r in records) == 8
     info = json.loads((tmp_path / "run" / "training.json").read_text())
     assert info["step"] == 4 and info["best_valid"] == -2.0  # model.safetensors is the best, not the last
+
+
+def test_init_from_starts_from_a_model_directory_with_its_tokenizer_and_architecture(run_dir, data_dir, tmp_path):
+    # A different preset and no tokenizer in the recipe: both come from the model directory.
+    cfg = tiny_config(data_dir, tmp_path / "more", max_steps=1, init_from=str(run_dir), tokenizer="", preset="small")
+    train(cfg, progress=False)
+    fresh = tiny_config(data_dir, tmp_path / "fresh", max_steps=1)
+    train(fresh, progress=False)
+    config = json.loads((tmp_path / "more" / "config.json").read_text())
+    assert config["model"] == json.loads((run_dir / "config.json").read_text())["model"]
+    assert (tmp_path / "more" / "spm.model").read_bytes() == (data_dir / "spm.model").read_bytes()
+    first_loss = {name: read_log(tmp_path / name / "train_log.jsonl")[0]["loss"] for name in ("more", "fresh")}
+    trained_loss = [r["loss"] for r in read_log(run_dir / "train_log.jsonl") if "loss" in r][-1]
+    assert first_loss["more"] < first_loss["fresh"] and first_loss["more"] < 1.5 * trained_loss

@@ -103,6 +103,7 @@ class TrainConfig:
     vocab_size: int = 8000
     joint_vocab: bool = True
     tokenizer: str = ""
+    init_from: str = ""  # a model directory: start from its weights, tokenizer and architecture (fresh optimizer)
     spm_model_type: str = "unigram"
     spm_sample_lines: int = 1_000_000
     max_len: int = 256

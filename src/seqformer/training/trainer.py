@@ -20,7 +20,7 @@ from tqdm import tqdm
 from seqformer.config import PRESETS, ModelConfig, TrainConfig, from_dict, read_json, to_dict
 from seqformer.data.batching import Batch, bucket_batches, collate
 from seqformer.errors import ConfigError, DataError, ModelDirError, SeqformerError
-from seqformer.io import atomic_write_text, save_weights, write_config
+from seqformer.io import atomic_write_text, import_state, load_weights, read_model_dir, save_weights, write_config
 from seqformer.model.transformer import Seq2SeqTransformer
 from seqformer.training import checkpoint as ckpt
 from seqformer.training import distributed
@@ -308,6 +308,18 @@ def _existing_model_config(out: Path) -> ModelConfig | None:
     return from_dict(ModelConfig, read_json(path)["model"])
 
 
+def _init_model_dir(cfg: TrainConfig) -> tuple[TrainConfig, ModelConfig | None]:
+    """With ``init_from``, the recipe takes that model's tokenizer files and architecture."""
+    if not cfg.init_from:
+        return cfg, None
+    mdir = read_model_dir(Path(cfg.init_from))
+    tok = mdir.meta["tokenizer"]
+    files = [str(mdir.path / tok["src"]), str(mdir.path / tok["tgt"])]
+    if cfg.tokenizer and [Path(f).name for f in cfg.tokenizer.split(",")] != [Path(f).name for f in files]:
+        raise ConfigError(f"--init-from {mdir.path} brings its own tokenizer: drop --tokenizer {cfg.tokenizer}")
+    return replace(cfg, tokenizer=files[0] if files[0] == files[1] else ",".join(files)), mdir.model_cfg
+
+
 def train(cfg: TrainConfig, model_overrides: dict[str, Any] | None = None, resume: bool = False,
           progress: bool = True) -> Path:
     """Train a model into ``cfg.out`` (a model directory); returns its path.
@@ -338,10 +350,12 @@ def _make_trainer(cfg: TrainConfig, overrides: dict[str, Any], resume: bool, pro
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
 
+    cfg, init_cfg = _init_model_dir(cfg)
+
     def prepare_main() -> tuple[PreparedData, ModelConfig]:
         prepare_out(out, resume)
         data = prepare(cfg, out)
-        model_cfg = (_existing_model_config(out) if resume else None) or build_model_config(cfg, data, overrides)
+        model_cfg = (_existing_model_config(out) if resume else None) or init_cfg or build_model_config(cfg, data, overrides)
         write_config(out, model_cfg, data.spm_files[0], data.spm_files[1], cfg.src_lang, cfg.tgt_lang)
         return data, model_cfg
 
@@ -352,6 +366,9 @@ def _make_trainer(cfg: TrainConfig, overrides: dict[str, Any], resume: bool, pro
     if not data.train:
         raise DataError(f"{cfg.train}: no sentence pair is shorter than max_len={cfg.max_len} subwords")
     trainer = Trainer(cfg, model_cfg, data, progress, d)
+    if cfg.init_from:  # a checkpoint found by --resume replaces these weights afterwards
+        weights = Path(cfg.init_from) / "model.safetensors"
+        import_state(trainer.model, load_weights(weights), str(weights))
     d.main_first(lambda: check_space(out, trainer.model))
     return trainer
 
