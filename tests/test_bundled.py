@@ -1,0 +1,49 @@
+"""The bundled English->French model: shipped inside the package, small, and a working translator."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import call_main
+
+from seqformer.translator import Translator, default_model_dir
+
+BUNDLED = default_model_dir()
+
+
+@pytest.fixture(scope="module")
+def bundled() -> Translator:
+    return Translator.load()
+
+
+def test_bundled_model_is_self_contained_small_and_attributed():
+    config = json.loads((BUNDLED / "config.json").read_text())
+    assert config["weights_dtype"] == "float16" and (config["src_lang"], config["tgt_lang"]) == ("en", "fr")
+    names = {p.name for p in BUNDLED.iterdir()}
+    assert {"model.safetensors", config["tokenizer"]["src"], "MODEL_CARD.md", "ABOUT-manythings.txt"} <= names
+    assert sum(p.stat().st_size for p in BUNDLED.iterdir()) <= 25e6
+    assert "CC-BY 2.0 FR" in (BUNDLED / "MODEL_CARD.md").read_text()
+
+
+@pytest.mark.parametrize(("english", "french_words"), [
+    ("I love you.", ["aime"]),
+    ("The cat is black.", ["chat"]),
+    ("Where is the station?", ["gare", "?"]),
+])
+def test_bundled_model_translates_everyday_sentences(bundled, english, french_words):
+    for beam in (1, 4):
+        french = bundled.translate([english], beam_size=beam)[0]
+        assert all(w in french.lower() for w in french_words), (beam, french)
+
+
+def test_empty_input_gives_empty_output_and_several_sentences_are_each_translated(bundled):
+    empty, two = bundled.translate(["", "The cat is black. Where is the station?"], beam_size=4)
+    assert empty == ""
+    assert "chat" in two.lower() and "gare" in two.lower()
+    assert two == " ".join(bundled.translate(["The cat is black.", "Where is the station?"], beam_size=4))
+
+
+def test_cli_translates_with_the_bundled_model_by_default(bundled, capsys):
+    assert call_main("translate", "I love you.") == 0
+    assert capsys.readouterr().out == bundled.translate(["I love you."], beam_size=4)[0] + "\n"
