@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from train_helpers import tiny_config
 
 from seqformer import Translator
 from seqformer.cli import main
+from seqformer.errors import ConfigError
 from seqformer.io import load_weights
 from seqformer.training import checkpoint as ckpt
 from seqformer.training import trainer as trainer_mod
@@ -85,3 +87,11 @@ def test_init_from_starts_from_a_model_directory_with_its_tokenizer_and_architec
     first_loss = {name: read_log(tmp_path / name / "train_log.jsonl")[0]["loss"] for name in ("more", "fresh")}
     trained_loss = [r["loss"] for r in read_log(run_dir / "train_log.jsonl") if "loss" in r][-1]
     assert first_loss["more"] < first_loss["fresh"] and first_loss["more"] < 1.5 * trained_loss
+
+
+def test_init_from_rejects_a_recipe_with_another_architecture(run_dir, data_dir, tmp_path):
+    d_model = json.loads((run_dir / "config.json").read_text())["model"]["d_model"]
+    cfg = tiny_config(data_dir, tmp_path / "more", max_steps=1, init_from=str(run_dir), tokenizer="")
+    train(cfg, {"d_model": d_model}, progress=False)  # the same value is no clash
+    with pytest.raises(ConfigError, match="d_model"):
+        train(replace(cfg, out=str(tmp_path / "other")), {"d_model": 2 * d_model}, progress=False)

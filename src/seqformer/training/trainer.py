@@ -351,6 +351,12 @@ def _make_trainer(cfg: TrainConfig, overrides: dict[str, Any], resume: bool, pro
     torch.manual_seed(cfg.seed)
 
     cfg, init_cfg = _init_model_dir(cfg)
+    if init_cfg is not None:
+        clash = {k: v for k, v in overrides.items() if getattr(init_cfg, k, v) != v}
+        if clash:
+            name, value = next(iter(clash.items()))
+            raise ConfigError(f"--init-from {cfg.init_from} has {name}={getattr(init_cfg, name)!r}, "
+                              f"the recipe asks for {value!r}: the architecture comes from the model directory")
 
     def prepare_main() -> tuple[PreparedData, ModelConfig]:
         prepare_out(out, resume)
