@@ -339,6 +339,8 @@ def train(cfg: TrainConfig, model_overrides: dict[str, Any] | None = None, resum
             log.info("no checkpoint in %s: starting from scratch", trainer.ckpt_dir)
         with _signals_saved(trainer):
             trainer.fit()
+        # Rank 0 may still be writing the model; a rank that tears down gloo before its peers can abort.
+        d.barrier()
     finally:
         distributed.shutdown(d)
     return Path(cfg.out)
