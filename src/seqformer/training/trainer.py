@@ -308,11 +308,15 @@ def _existing_model_config(out: Path) -> ModelConfig | None:
     return from_dict(ModelConfig, read_json(path)["model"])
 
 
-def _init_model_dir(cfg: TrainConfig) -> tuple[TrainConfig, ModelConfig | None]:
+def _init_model_dir(cfg: TrainConfig, overrides: dict[str, Any]) -> tuple[TrainConfig, ModelConfig | None]:
     """With ``init_from``, the recipe takes that model's tokenizer files and architecture."""
     if not cfg.init_from:
         return cfg, None
     mdir = read_model_dir(Path(cfg.init_from))
+    for name, value in overrides.items():
+        if getattr(mdir.model_cfg, name, value) != value:
+            raise ConfigError(f"--init-from {mdir.path} has {name}={getattr(mdir.model_cfg, name)!r}, "
+                              f"the recipe asks for {value!r}: the architecture comes from the model directory")
     tok = mdir.meta["tokenizer"]
     files = [str(mdir.path / tok["src"]), str(mdir.path / tok["tgt"])]
     if cfg.tokenizer and [Path(f).name for f in cfg.tokenizer.split(",")] != [Path(f).name for f in files]:
@@ -352,13 +356,7 @@ def _make_trainer(cfg: TrainConfig, overrides: dict[str, Any], resume: bool, pro
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
 
-    cfg, init_cfg = _init_model_dir(cfg)
-    if init_cfg is not None:
-        clash = {k: v for k, v in overrides.items() if getattr(init_cfg, k, v) != v}
-        if clash:
-            name, value = next(iter(clash.items()))
-            raise ConfigError(f"--init-from {cfg.init_from} has {name}={getattr(init_cfg, name)!r}, "
-                              f"the recipe asks for {value!r}: the architecture comes from the model directory")
+    cfg, init_cfg = _init_model_dir(cfg, overrides)
 
     def prepare_main() -> tuple[PreparedData, ModelConfig]:
         prepare_out(out, resume)
