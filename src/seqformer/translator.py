@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,6 +15,7 @@ from seqformer.data.batching import encode_source, pad
 from seqformer.decoding import Hypothesis, generate
 from seqformer.io import ModelDir, import_state, load_weights, read_model_dir
 from seqformer.model.transformer import Seq2SeqTransformer
+from seqformer.passthrough import Held, hold_out, put_back
 from seqformer.segment import join_pieces, split_sentences
 
 
@@ -30,6 +32,13 @@ class Translation:
     head_attention: list | None = None  # (L, H, T, S) per layer and head, only with per_head=True
 
 
+def _restore(nbest: list[Translation], held: Held) -> list[Translation]:
+    """Put a sentence's held-out symbols back into each of its hypotheses."""
+    if not nbest and held.symbols:  # nothing but symbols: they are the translation
+        return [Translation(text=held.symbols, score=0.0, logprob=0.0, tokens=[])]
+    return [replace(t, text=put_back(t.text, held)) for t in nbest]
+
+
 def default_model_dir() -> Path:
     """The English->French model shipped inside the package."""
     return Path(__file__).parent / "models" / "en-fr"
@@ -43,6 +52,7 @@ class Translator:
         self.dir = model_dir
         self.tokenizer = model_dir.tokenizer
         self.max_src_len = model.cfg.max_positions
+        self._src_unknown = functools.lru_cache(maxsize=4096)(self.tokenizer.src_unknown)
 
     @classmethod
     def load(cls, path: str | Path | None = None, quantize: str | None = None) -> Translator:
@@ -74,21 +84,25 @@ class Translator:
 
         With ``split`` (default), a text of several sentences is translated sentence by
         sentence and the best translations joined, so long input is never truncated.
+        Symbols the source vocabulary cannot spell (emoji, ...) bypass the model and are copied
+        into the translation (:mod:`seqformer.passthrough`).
         With ``need_attention`` and ``per_head``, hypotheses also carry per-layer, per-head weights.
         """
         cfg = DecodeConfig(**options)
         pieces: list[str] = []
+        held: list[Held] = []
         owner: list[int] = []
         for i, text in enumerate(texts):
             tag, body = self.tokenizer.split_lang_tag(text.strip())  # ('', text) unless the model uses >>xx<< tags
-            parts = split_sentences(body) if split else [body.strip()]
-            parts = [f"{tag} {part}" if tag and part else part for part in parts]  # each sentence keeps the tag
-            pieces.extend(parts)
-            owner.extend([i] * len(parts))
+            for part in split_sentences(body) if split else [body.strip()]:
+                h = hold_out(part, self._src_unknown)
+                pieces.append(f"{tag} {h.text}" if tag and h.text else h.text)  # each sentence keeps the tag
+                held.append(h)
+                owner.append(i)
         results = self._translate_segments(pieces, cfg, need_attention, per_head)
         grouped: list[list[list[Translation]]] = [[] for _ in texts]
-        for i, res in zip(owner, results):
-            grouped[i].append(res)
+        for i, res, h in zip(owner, results, held):
+            grouped[i].append(_restore(res, h))
         return [join_pieces(g) for g in grouped]
 
     def _translate_segments(self, texts: list[str], cfg: DecodeConfig, need_attention: bool,

@@ -133,6 +133,11 @@ class Tokenizer:
             return [[self.src.piece_to_id(p) for p in seq] for seq in pieces]
         return [self.src_vocab.encode(seq) for seq in pieces]
 
+    def src_unknown(self, text: str) -> bool:
+        """Does the source vocabulary spell ``text`` with the unknown token?"""
+        unk = self.src_vocab.unk_id if self.src_vocab is not None else self.src.unk_id()
+        return unk in self.encode_src([text])[0]
+
     def encode_tgt(self, texts: list[str]) -> list[list[int]]:
         if self.tgt_vocab is None:
             return self.tgt.encode(texts)

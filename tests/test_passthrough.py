@@ -1,0 +1,62 @@
+"""Symbols outside the source vocabulary bypass the model and are copied into the translation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seqformer import Translator
+from seqformer.passthrough import Held, hold_out, put_back
+
+
+def emoji_unknown(ch: str) -> bool:
+    """A vocabulary that knows everything below U+2000 (Latin, punctuation) and nothing above."""
+    return ord(ch) >= 0x2000
+
+
+@pytest.mark.parametrize(("src", "held", "translation", "restored"), [
+    ("I love 🍕!", Held("I love!", inner=("🍕",)), "J'adore !", "J'adore 🍕 !"),
+    ("🙂 Hello.", Held("Hello.", prefix=("🙂",)), "Bonjour.", "🙂 Bonjour."),
+    ("Good night 🌙", Held("Good night", tail=("🌙",)), "Bonne nuit", "Bonne nuit 🌙"),
+    ("Good night. 🌙🌙", Held("Good night.", tail=("🌙🌙",)), "Bonne nuit.", "Bonne nuit. 🌙🌙"),
+    ("a 🍕 b 🍺 c.", Held("a b c.", inner=("🍕", "🍺")), "x y z.", "x y z 🍕 🍺."),
+    ("🎉 🎉", Held("", prefix=("🎉", "🎉")), "", "🎉 🎉"),
+])
+def test_symbols_are_held_out_and_put_back_in_place(src, held, translation, restored):
+    assert hold_out(src, emoji_unknown) == held
+    assert put_back(translation, held) == restored
+
+
+def test_joined_emoji_sequences_and_skin_tones_stay_whole():
+    family = "\U0001F468\u200d\U0001F469\u200d\U0001F467"  # man ZWJ woman ZWJ girl
+    wave = "\U0001F44B\U0001F3FD"  # waving hand, medium skin tone
+    heart = "\u2764\ufe0f"  # heavy black heart + emoji presentation selector
+    held = hold_out(f"Hi {wave} my {family} {heart} you.", emoji_unknown)
+    assert held.text == "Hi my you."
+    assert held.inner == (wave, family, heart)
+
+
+def test_known_symbols_and_unknown_letters_go_to_the_model():
+    assert hold_out("I love 🍕!", lambda ch: False) == Held("I love 🍕!")
+    # An unknown letter or punctuation mark is part of a word: holding it out would change the word.
+    assert hold_out("日本 is far.", lambda ch: True) == Held("日本 is far.")
+    assert hold_out("I don’t know.", lambda ch: True) == Held("I don’t know.")
+    # A combining accent belongs to its letter (NFC), not to a symbol.
+    assert hold_out("cafe\u0301 🍕", emoji_unknown) == Held("café", tail=("🍕",))
+
+
+def test_no_symbol_means_translation_unchanged():
+    assert put_back("Bonjour !", Held("Hello!")) == "Bonjour !"
+
+
+def test_translator_never_feeds_unknown_tokens_and_copies_the_symbols(model_dir):
+    tr = Translator.load(model_dir)
+    unk = tr.tokenizer.src.unk_id()
+    assert tr.tokenizer.src_unknown("🍕") and not tr.tokenizer.src_unknown("a")
+    seen: list[torch.Tensor] = []  # every source batch the encoder reads
+    tr.model.encoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    with_symbols, plain = tr.translate_nbest(["🙂 a b 🍕 c d", "a b c d"], beam_size=2, nbest=2)
+    assert seen and not any(src.eq(unk).any() for src in seen)
+    assert [h.text for h in with_symbols] == [f"🙂 {h.text} 🍕".replace("  ", " ") for h in plain]
+    assert [h.score for h in with_symbols] == pytest.approx([h.score for h in plain])
+    assert tr.translate(["🎉", ""]) == ["🎉", ""]
