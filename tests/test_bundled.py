@@ -44,6 +44,12 @@ def test_empty_input_gives_empty_output_and_several_sentences_are_each_translate
     assert two == " ".join(bundled.translate(["The cat is black.", "Where is the station?"], beam_size=4))
 
 
+def test_emoji_are_copied_not_translated(bundled):
+    with_emoji, without = bundled.translate(["I love you 🍕!", "I love you!"], beam_size=4)
+    assert "🍕" in with_emoji and "aime" in with_emoji.lower()
+    assert with_emoji.replace("🍕", "").split() == without.split()
+
+
 def test_cli_translates_with_the_bundled_model_by_default(bundled, capsys):
     assert call_main("translate", "I love you.") == 0
     assert capsys.readouterr().out == bundled.translate(["I love you."], beam_size=4)[0] + "\n"
