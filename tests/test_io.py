@@ -95,3 +95,18 @@ def test_unknown_format_version_is_rejected(tmp_path, random_model, spm_file):
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match="format_version"):
         Translator.load(tmp_path / "m")
+
+
+def test_int8_reaches_the_tied_output_projection_and_keeps_the_logits(tmp_path, spm_file, tokenizer):
+    vocab = tokenizer.src.get_piece_size()
+    model = tiny_model(seed=5, src_vocab_size=vocab, tgt_vocab_size=vocab, max_positions=24, tie_output=True)
+    path = write_model_dir(tmp_path / "tied", model, spm_file)
+    fp32, int8 = Translator.load(path), Translator.load(path, quantize="int8")
+    assert fp32.model.output is None  # loading without quantization keeps the tie (and its memory)
+    assert isinstance(int8.model.output, torch.ao.nn.quantized.dynamic.Linear)
+    src, mask = src_batch(random_ids([5, 3], vocab, seed=1))
+    with torch.no_grad():
+        hidden = fp32.model.decode(fp32.model.encode(src, mask), mask, src[:, :4])  # (B, T, D)
+        ref, got = fp32.model.project(hidden), int8.model.project(hidden)  # (B, T, V)
+    assert not torch.equal(ref, got)  # the projection itself now runs in int8 ...
+    assert torch.allclose(ref, got, atol=0.05 * ref.abs().max().item())  # ... within int8 rounding

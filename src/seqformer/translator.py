@@ -71,6 +71,7 @@ class Translator:
             import_state(model, load_weights(mdir.path / "model.safetensors"), str(mdir.path / "model.safetensors"))
         model.eval()
         if quantize == "int8":
+            model.untie_output()  # so that the output projection is quantized too
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         return cls(model, mdir)
 

@@ -91,6 +91,14 @@ class Seq2SeqTransformer(nn.Module):
     def output_weight(self) -> Tensor:
         return self.decoder.embed.weight if self.output is None else self.output.weight
 
+    def untie_output(self) -> None:
+        """Give a tied model its own output layer holding a copy of the embedding weights: same
+        logits, but a module that int8 quantization can reach (the projection onto the
+        vocabulary is a large share of each decoding step). For inference copies only."""
+        if self.output is None:
+            self.output = nn.Linear(self.cfg.d_model, self.cfg.tgt_vocab_size, bias=False)
+            self.output.weight = nn.Parameter(self.decoder.embed.weight.detach().clone())
+
     def encode(self, src: Tensor, src_pad_mask: Tensor) -> Tensor:
         """src: (B, S); src_pad_mask: (B, S) True = padding. Returns memory (B, S, D)."""
         return self.encoder(src, src_pad_mask)
