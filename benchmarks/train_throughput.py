@@ -150,11 +150,11 @@ def main() -> None:
         return
     base = [sys.executable, __file__, "--data", args.data, "--work", args.work, "--steps", str(args.steps),
             "--warmup", str(args.warmup), "--max-tokens", str(args.max_tokens), "--threads", str(args.threads)]
-    native = "bf16,fp32" if bf16_supported(torch.device("cpu")) else "fp32"
-    precisions = [p for p in (args.precisions or native).split(",") if p]
+    native_bf16 = bf16_supported(torch.device("cpu"))
+    precisions = [p for p in (args.precisions or ("bf16,fp32" if native_bf16 else "fp32")).split(",") if p]
     if not set(precisions) <= {"bf16", "fp32"}:
         ap.error(f"--precisions: expected a subset of bf16,fp32, found {args.precisions!r}")
-    print(f"precisions: {','.join(precisions)} (native bf16: {bf16_supported(torch.device('cpu'))}); "
+    print(f"precisions: {','.join(precisions)} (native bf16: {native_bf16}); "
           f"{os.cpu_count()} cores visible, {args.threads} threads", flush=True)
     results = {}
     for engine, precision in ((e, p) for p in precisions for e in ("seqformer", "marian")):
