@@ -79,10 +79,12 @@ def paper_tokens(lines: list[str], lang: str) -> list[str]:
 
 def scores(hyps: list[str], refs: list[str], lang: str) -> dict[str, float]:
     """Cased detokenized sacreBLEU, the paper-style lowercased tokenized BLEU, and chrF."""
-    paper = BLEU(tokenize="none").corpus_score(paper_tokens(hyps, lang), [paper_tokens(refs, lang)])
-    return {"sacrebleu": round(BLEU().corpus_score(hyps, [refs]).score, 2),
+    paper = BLEU(tokenize="none", force=True).corpus_score(paper_tokens(hyps, lang), [paper_tokens(refs, lang)])
+    cased = BLEU()
+    return {"sacrebleu": round(cased.corpus_score(hyps, [refs]).score, 2),
             "bleu_lc_tok": round(paper.score, 2),
-            "chrf": round(CHRF().corpus_score(hyps, [refs]).score, 2)}
+            "chrf": round(CHRF().corpus_score(hyps, [refs]).score, 2),
+            "sacrebleu_sig": str(cased.get_signature())}
 
 
 def candidates(run: Path, averages: list[int]) -> dict[str, Path]:
@@ -102,6 +104,7 @@ def main() -> None:
     ap.add_argument("--no-train", action="store_true")
     ap.add_argument("--averages", default="3,5,8", help="last-N checkpoint averages to try on val")
     ap.add_argument("--beam-size", type=int, default=4)
+    ap.add_argument("--chosen", help="skip the choice on val and score this model (best, avg3, ...) on test")
     ap.add_argument("--curves", type=Path, help="only plot val BLEU vs time of the en-fr and en-de runs to this PNG")
     args = ap.parse_args()
     if args.curves:
@@ -115,21 +118,24 @@ def main() -> None:
     # Choose on val (the dev set), then score test_2016_flickr once, with the chosen model only.
     split = {name: (read_lines(DATA / f"{name}.en.gz"), read_lines(DATA / f"{name}.{args.tgt}.gz"))
              for name in ("val", "test_2016_flickr")}
-    on_val = {}
-    for name, model in candidates(run, [int(n) for n in args.averages.split(",")]).items():
-        hyps = Translator.load(model).translate(split["val"][0], beam_size=args.beam_size)
-        on_val[name] = (scores(hyps, split["val"][1], args.tgt), model)
-        print(json.dumps({"split": "val", "model": name, **on_val[name][0]}), flush=True)
-    chosen = max(on_val, key=lambda name: on_val[name][0]["sacrebleu"])
-    translator = Translator.load(on_val[chosen][1])
+    if args.chosen:  # already chosen on val by an earlier run of this script
+        chosen, model = args.chosen, run if args.chosen == "best" else run.with_name(f"{run.name}-{args.chosen}")
+    else:
+        on_val = {}
+        for name, model in candidates(run, [int(n) for n in args.averages.split(",")]).items():
+            hyps = Translator.load(model).translate(split["val"][0], beam_size=args.beam_size)
+            on_val[name] = (scores(hyps, split["val"][1], args.tgt), model)
+            print(json.dumps({"split": "val", "model": name, **on_val[name][0]}), flush=True)
+        chosen = max(on_val, key=lambda name: on_val[name][0]["sacrebleu"])
+        model = on_val[chosen][1]
+    translator = Translator.load(model)
     src, ref = split["test_2016_flickr"]
     start = time.perf_counter()
     hyps = translator.translate(src, beam_size=args.beam_size)
     seconds = time.perf_counter() - start
     print(json.dumps({"split": "test_2016_flickr", "pair": f"en-{args.tgt}", "model": chosen,
                       "beam_size": args.beam_size, **scores(hyps, ref, args.tgt),
-                      "sentences_per_s": round(len(src) / seconds, 1),
-                      "sacrebleu_sig": str(BLEU().get_signature())}))
+                      "sentences_per_s": round(len(src) / seconds, 1)}))
     (run.parent / f"{run.name}.test.hyp").write_text("\n".join(hyps) + "\n", encoding="utf-8")
     points = curve(run)
     print(json.dumps({"dev_bleu_vs_minutes": points}))
