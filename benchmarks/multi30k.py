@@ -77,7 +77,7 @@ def paper_tokens(lines: list[str], lang: str) -> list[str]:
     return [tok.tokenize(norm.normalize(s.lower()), escape=False, return_str=True) for s in lines]
 
 
-def scores(hyps: list[str], refs: list[str], lang: str) -> dict[str, float]:
+def scores(hyps: list[str], refs: list[str], lang: str) -> dict[str, float | str]:
     """Cased detokenized sacreBLEU, the paper-style lowercased tokenized BLEU, and chrF."""
     paper = BLEU(tokenize="none", force=True).corpus_score(paper_tokens(hyps, lang), [paper_tokens(refs, lang)])
     cased = BLEU()
