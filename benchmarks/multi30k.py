@@ -30,9 +30,18 @@ from seqformer.data.corpus import read_lines
 DATA = Path("../shared/data/multi30k")
 
 
+def recipe_path(tgt: str) -> Path:
+    return Path(f"recipes/multi30k-en-{tgt}.json")
+
+
 def recipe_run(tgt: str) -> Path:
     """The run directory that recipes/multi30k-en-<tgt>.json trains into."""
-    return Path(json.loads(Path(f"recipes/multi30k-en-{tgt}.json").read_text())["train"]["out"])
+    return Path(json.loads(recipe_path(tgt).read_text())["train"]["out"])
+
+
+def model_dir(run: Path, name: str) -> Path:
+    """Where candidate ``name`` lives: "best" is the run itself, "avgN" sits beside it."""
+    return run if name == "best" else run.with_name(f"{run.name}-{name}")
 
 
 def curve(run: Path) -> list[tuple[float, float]]:
@@ -90,11 +99,10 @@ def scores(hyps: list[str], refs: list[str], lang: str) -> dict[str, float | str
 def candidates(run: Path, averages: list[int]) -> dict[str, Path]:
     """The run's best-by-dev checkpoint and averages of its last N checkpoints."""
     found = {"best": run}
-    seqformer = [sys.executable, "-m", "seqformer"]
     for n in averages:
-        out = run.with_name(f"{run.name}-avg{n}")
-        subprocess.run(seqformer + ["average", str(run), "--last", str(n), "--out", str(out)], check=True)
-        found[f"avg{n}"] = out
+        out = found[f"avg{n}"] = model_dir(run, f"avg{n}")
+        subprocess.run([sys.executable, "-m", "seqformer", "average", str(run), "--last", str(n), "--out", str(out)],
+                       check=True)
     return found
 
 
@@ -111,15 +119,15 @@ def main() -> None:
         runs = {f"EN-{t.upper()}": recipe_run(t) for t in ("fr", "de")}
         plot({label: curve(run) for label, run in runs.items() if (run / "train_log.jsonl").exists()}, args.curves)
         return
-    recipe = Path(f"recipes/multi30k-en-{args.tgt}.json")
     run = recipe_run(args.tgt)
     if not args.no_train:
-        subprocess.run([sys.executable, "-m", "seqformer", "train", "--config", str(recipe), "--quiet"], check=True)
+        subprocess.run([sys.executable, "-m", "seqformer", "train", "--config", str(recipe_path(args.tgt)), "--quiet"],
+                       check=True)
     # Choose on val (the dev set), then score test_2016_flickr once, with the chosen model only.
     split = {name: (read_lines(DATA / f"{name}.en.gz"), read_lines(DATA / f"{name}.{args.tgt}.gz"))
              for name in ("val", "test_2016_flickr")}
     if args.chosen:  # already chosen on val by an earlier run of this script
-        chosen, model = args.chosen, run if args.chosen == "best" else run.with_name(f"{run.name}-{args.chosen}")
+        chosen, model = args.chosen, model_dir(run, args.chosen)
     else:
         on_val = {}
         for name, model in candidates(run, [int(n) for n in args.averages.split(",")]).items():

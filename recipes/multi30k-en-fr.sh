@@ -3,7 +3,7 @@
 # vocabulary and a d256 3+3 Transformer for 60 minutes on the 2-core CPU (recipes/multi30k-en-fr.json),
 # chooses between the best checkpoint and averages of the last 3/5/8 on val, then scores
 # test_2016_flickr once (cased sacreBLEU, lowercased tokenized BLEU as the papers compute it, chrF).
-# About 65 minutes of wall time in all. Needs: pip install sacremoses matplotlib
+# About 63 minutes of wall time in all. Needs: pip install sacremoses matplotlib
 #   bash recipes/multi30k-en-fr.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
