@@ -29,7 +29,7 @@ class PrefixCache:
     def __init__(self) -> None:
         self.prefix: torch.Tensor | None = None  # (N, t) start token first
 
-    def reorder(self, indices: torch.Tensor) -> None:
+    def reorder(self, indices: torch.Tensor, sources: torch.Tensor | None = None) -> None:
         self.prefix = self.prefix.index_select(0, indices)
 
 
@@ -66,7 +66,8 @@ class TableModel:
 
     def decode_step(self, tokens, memory, src_pad_mask, cache, need_weights=False):
         cache.prefix = tokens if cache.prefix is None else torch.cat([cache.prefix, tokens], dim=1)
-        sents = memory[:, 0, 0].long().tolist()
+        group = tokens.size(0) // memory.size(0)  # decoder rows per memory row (a beam shares its sentence's)
+        sents = memory[:, 0, 0].long().repeat_interleave(group).tolist()
         rows = [self.logprobs(s, tuple(p[1:])) for s, p in zip(sents, cache.prefix.tolist())]
         return torch.stack(rows), []  # (N, V)
 

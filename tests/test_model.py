@@ -42,7 +42,7 @@ def test_cached_decoding_equals_full_forward(variant, impl):
         lp, _ = model.decode_step(tgt[:, t : t + 1], memory, mask, cache)
         torch.testing.assert_close(lp, full[:, t], atol=1e-5, rtol=1e-5)
     assert cache.step == tgt.size(1)
-    assert cache.layers[0].self_k.shape[2] == tgt.size(1)
+    assert cache.layers[0].length == tgt.size(1)
 
 
 @pytest.mark.parametrize("impl", ["math", "sdpa"])
@@ -70,10 +70,45 @@ def test_cache_reorder_follows_rows():
     for t in range(3):
         model.decode_step(tgt[:, t : t + 1], memory, mask, cache)
     idx = torch.tensor([1, 1, 0])
-    cache.reorder(idx)
+    cache.reorder(idx, idx)
     lp, _ = model.decode_step(tgt[idx, 3:4], memory[idx], mask[idx], cache)
     full = model(src[idx], mask[idx], tgt[idx]).log_softmax(dim=-1)[:, 3]
     torch.testing.assert_close(lp, full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["math", "sdpa"])
+@torch.no_grad()
+def test_beam_rows_share_one_memory_row(impl):
+    """G decoder rows per sentence over one memory row (how beam search decodes) give the same
+    log-probs and cross-attention weights as a memory copied G times, through the cache's growth
+    (more steps than its spare capacity) and a reorder that drops a sentence mid-way."""
+    from seqformer.decoding.cache import GROW
+
+    model = tiny_model(seed=6)
+    set_attention_impl(model, impl)
+    g, steps = 3, GROW + 4
+    src, mask, tgt = _inputs(model, src_lengths=(5, 3, 7), tgt_len=steps, seed=4)
+    tgt = tgt.repeat_interleave(g, 0)  # (N*G, T)
+    tgt[1::g, 1:] = tgt.flip(0)[1::g, 1:]  # the rows of a beam differ after the start token
+    memory = model.encode(src, mask)  # (N, S, D)
+    shared, copied = model.new_cache(), model.new_cache()
+    mem_c, mask_c = memory.repeat_interleave(g, 0), mask.repeat_interleave(g, 0)  # (N*G, S, D), (N*G, S)
+    rows, sources = torch.arange(tgt.size(0)), torch.arange(memory.size(0))
+    for t in range(steps):
+        if t == GROW - 2:  # sentence 1 leaves; sentence 0's rows swap places
+            sources = torch.tensor([0, 2])
+            keep = torch.tensor([1, 0, 2, 6, 7, 8])
+            shared.reorder(keep, sources)
+            copied.reorder(keep, keep)
+            rows, memory, mask, mem_c, mask_c = rows[keep], memory[sources], mask[sources], mem_c[keep], mask_c[keep]
+        a, wa = model.decode_step(tgt[rows, t : t + 1], memory, mask, shared, need_weights=True)
+        b, wb = model.decode_step(tgt[rows, t : t + 1], mem_c, mask_c, copied, need_weights=True)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        for x, y in zip(wa, wb):
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+    full = model(src[[0, 0, 0, 2, 2, 2]], mask_c, tgt[rows]).log_softmax(dim=-1)[:, -1]  # (6, V)
+    torch.testing.assert_close(a, full, atol=1e-5, rtol=1e-5)
+    assert shared.layers[0].cross_k.size(0) == 2 and copied.layers[0].cross_k.size(0) == 6
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)

@@ -73,6 +73,8 @@ class Translator:
         if quantize == "int8":
             model.untie_output()  # so that the output projection is quantized too
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        else:
+            model.transpose_output()
         return cls(model, mdir)
 
     def translate(self, texts: list[str], **options: Any) -> list[str]:

@@ -50,6 +50,24 @@ def _select(j: int, k: int, vocab: int, top_s: Tensor, top_i: Tensor, eos: int) 
     return ended, live
 
 
+def _in_place(live: list[tuple[int, int, float]], j: int, k: int) -> list[tuple[int, int, float]]:
+    """Order sentence j's k live candidates (row, token, score) so that each parent row's first
+    child takes the parent's own slot: the order of a sentence's beams is free, and this way the
+    cache only copies rows into the slots of beams that died, instead of rebuilding every row."""
+    slots: list[tuple[int, int, float] | None] = [None] * k
+    extra = []
+    for cand in live:
+        offset = cand[0] - j * k
+        if slots[offset] is None:
+            slots[offset] = cand
+        else:
+            extra.append(cand)
+    free = iter(i for i, c in enumerate(slots) if c is None)
+    for cand in extra:
+        slots[next(free)] = cand
+    return slots  # type: ignore[return-value]
+
+
 def _finish(state: _Beams, b: int, row: int, score: float, cfg: DecodeConfig, step_attn: Tensor | None) -> None:
     tokens = state.tokens[row].tolist()
     attn = None
@@ -82,8 +100,7 @@ def beam_search(
     """Beam search for B sentences (memory (B, S, D), limits (B,)); returns the n-best per sentence."""
     mc, k = model.cfg, cfg.beam_size
     b_total = memory.size(0)
-    memory = memory.repeat_interleave(k, 0)  # (B*K, S, D)
-    src_pad_mask = src_pad_mask.repeat_interleave(k, 0)  # (B*K, S)
+    # memory and src_pad_mask stay one row per sentence: the K decoder rows of a sentence share it.
     row_limits = limits.repeat_interleave(k, 0)  # (B*K,)
     scores = torch.full((b_total, k), float("-inf"))
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
@@ -110,7 +127,7 @@ def beam_search(
             while len(live) < k:  # tiny vocabularies: pad with dead copies
                 live.append((live[0][0], live[0][1], float("-inf")))
             kept.append(b)
-            for row, tok, s in live:
+            for row, tok, s in _in_place(live, j, k):
                 rows.append(row)
                 toks.append(tok)
                 new_scores.append(s)
@@ -118,8 +135,14 @@ def beam_search(
             break
         idx = torch.tensor(rows, dtype=torch.long)
         new_tok = torch.tensor(toks, dtype=torch.long)
-        cache.reorder(idx)
-        memory, src_pad_mask, row_limits = memory[idx], src_pad_mask[idx], row_limits[idx]
+        if len(kept) < n:  # sentences left the batch: drop their memory rows too
+            still = set(kept)
+            sources = torch.tensor([j for j, b in enumerate(state.sents) if b in still], dtype=torch.long)
+            cache.reorder(idx, sources)
+            memory, src_pad_mask = memory[sources], src_pad_mask[sources]
+        else:
+            cache.reorder(idx)
+        row_limits = row_limits[idx]
         if step_attn is not None:
             now = step_attn[idx][:, :, :, None]  # (N'*K, L, H, 1, S)
             state.attn = now if state.attn is None else torch.cat([state.attn[idx], now], dim=3)

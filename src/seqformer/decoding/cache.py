@@ -7,25 +7,57 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+# Self-attention K/V live in buffers with room for this many more positions, so a step
+# writes its new position in place instead of concatenating (copying) the whole history.
+GROW = 16
+
 
 @dataclass
 class LayerCache:
     """Keys/values of one decoder layer.
 
-    Self-attention K/V grow by one position per step; cross-attention K/V are
-    projected from the encoder output once and reused for every step.
+    Self-attention K/V have one row per decoder row and grow by one position per step
+    (buffers of capacity >= ``length``). Cross-attention K/V are projected from the encoder
+    output once and have one row per *source sentence*: the K rows of a beam share them.
     """
 
-    self_k: Tensor | None = None  # (B, H, T, Dh)
-    self_v: Tensor | None = None  # (B, H, T, Dh)
-    cross_k: Tensor | None = None  # (B, H, S, Dh)
-    cross_v: Tensor | None = None  # (B, H, S, Dh)
+    self_k: Tensor | None = None  # (R, H, capacity, Dh)
+    self_v: Tensor | None = None  # (R, H, capacity, Dh)
+    length: int = 0  # filled positions of self_k / self_v
+    cross_k: Tensor | None = None  # (N, H, S, Dh)
+    cross_v: Tensor | None = None  # (N, H, S, Dh)
 
-    def select(self, indices: Tensor) -> None:
-        for name in ("self_k", "self_v", "cross_k", "cross_v"):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, value.index_select(0, indices))
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Add new positions k, v (R, H, T1, Dh); return all keys and values so far (R, H, length, Dh)."""
+        end = self.length + k.size(2)
+        if self.self_k is None or end > self.self_k.size(2):
+            self.self_k, self.self_v = self._grown(self.self_k, k, end), self._grown(self.self_v, v, end)
+        self.self_k[:, :, self.length : end] = k
+        self.self_v[:, :, self.length : end] = v
+        self.length = end
+        return self.self_k[:, :, :end], self.self_v[:, :, :end]
+
+    def _grown(self, old: Tensor | None, new: Tensor, end: int) -> Tensor:
+        r, h, _, dh = new.shape
+        buf = new.new_empty(r, h, end + GROW, dh)  # (R, H, capacity, Dh)
+        if old is not None:
+            buf[:, :, : self.length] = old[:, :, : self.length]
+        return buf
+
+    def select_rows(self, rows: Tensor) -> None:
+        if self.self_k is not None:
+            self.self_k, self.self_v = self.self_k.index_select(0, rows), self.self_v.index_select(0, rows)
+
+    def copy_rows(self, dst: Tensor, src: Tensor) -> None:
+        """Overwrite rows ``dst`` with rows ``src`` in place (no row is both a source and a destination)."""
+        if self.self_k is not None:
+            end = self.length
+            self.self_k[dst, :, :end] = self.self_k[src, :, :end]
+            self.self_v[dst, :, :end] = self.self_v[src, :, :end]
+
+    def select_sources(self, sources: Tensor) -> None:
+        if self.cross_k is not None:
+            self.cross_k, self.cross_v = self.cross_k.index_select(0, sources), self.cross_v.index_select(0, sources)
 
 
 @dataclass
@@ -39,8 +71,31 @@ class DecoderCache:
     def empty(cls, n_layers: int) -> DecoderCache:
         return cls(layers=[LayerCache() for _ in range(n_layers)], step=0)
 
-    def reorder(self, indices: Tensor) -> None:
-        """Keep rows ``indices`` (B',) of every cached tensor: beam reordering and dropping finished rows."""
-        indices = indices.to(torch.long)
+    def reorder(self, rows: Tensor, sources: Tensor | None = None) -> None:
+        """Keep decoder rows ``rows`` (R',) of the self-attention cache (beam reordering, dropping
+        finished rows) and, when given, memory rows ``sources`` (N',) of the cross-attention cache:
+        pass them whenever the memory handed to ``decode_step`` changes rows too."""
+        rows = rows.to(torch.long)
+        first = self.layers[0].self_k if self.layers else None
+        same_rows = sources is None and first is not None and first.size(0) == rows.numel()
+        moves = _in_place_moves(rows) if same_rows else None
         for layer in self.layers:
-            layer.select(indices)
+            if moves is None:
+                layer.select_rows(rows)
+            elif moves[0].numel():
+                layer.copy_rows(*moves)
+            if sources is not None:
+                layer.select_sources(sources.to(torch.long))
+
+
+def _in_place_moves(rows: Tensor) -> tuple[Tensor, Tensor] | None:
+    """(dst, src) such that copying rows src onto rows dst in place equals ``index_select(rows)``
+    (same row count), or None when it cannot: a row that is copied is itself overwritten.
+    Beam search orders its beams so that this is the usual case (see ``beam._in_place``)."""
+    here = torch.arange(rows.numel())
+    moved = rows != here  # (R,)
+    dst = moved.nonzero().squeeze(1)
+    src = rows[dst]
+    if bool(moved[src].any()):
+        return None
+    return dst, src

@@ -79,12 +79,20 @@ class MultiHeadAttention(nn.Module):
         causal: bool = False,
         need_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
-        """Attend from ``query`` (B, T, D) over projected keys/values (B, H, S, Dh).
+        """Attend from ``query`` (B, T, D) over projected keys/values (N, H, S, Dh).
 
+        B = N * G: the G adjacent query rows of each key row (the beam of one source
+        sentence, over its one copy of the encoder output) attend as G * T queries of one
+        row, so keys/values are never copied per beam. ``key_pad_mask``: (N, S).
         Returns (B, T, D) and, when ``need_weights``, the weights (B, H, T, S).
         """
         b, t, d = query.shape
+        n, h = k.size(0), self.n_heads
+        g = b // n
         q = self.split_heads(self.q_proj(query))  # (B, H, T, Dh)
+        if g > 1:
+            assert not causal and b == n * g, "grouped queries are for cross-attention over N source rows"
+            q = q.reshape(n, g, h, t, self.head_dim).transpose(1, 2).reshape(n, h, g * t, self.head_dim)  # (N, H, G*T, Dh)
         allowed = _allowed(key_pad_mask)
         dropout = self.dropout if self.training else 0.0
         if need_weights or not self._use_sdpa(q):
@@ -100,5 +108,9 @@ class MultiHeadAttention(nn.Module):
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=allowed, dropout_p=dropout, is_causal=flag_causal
             )  # (B, H, T, Dh)
-        out = out.transpose(1, 2).reshape(b, t, d)  # (B, T, D)
+        if g > 1:
+            out = out.reshape(n, h, g, t, self.head_dim).transpose(1, 2)  # (N, G, H, T, Dh)
+            if weights is not None:
+                weights = weights.reshape(n, h, g, t, -1).transpose(1, 2).reshape(b, h, t, -1)  # (B, H, T, S)
+        out = out.reshape(b, h, t, self.head_dim).transpose(1, 2).reshape(b, t, d)  # (B, T, D)
         return self.out_proj(out), weights

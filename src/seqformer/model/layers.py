@@ -3,7 +3,6 @@ residual + LayerNorm (post-norm as in the paper, or pre-norm)."""
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -82,19 +81,17 @@ class DecoderLayer(nn.Module):
         cache: LayerCache | None = None,
         need_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
-        """x: (B, T, D) target states; memory: (B, S, D) encoder output.
+        """x: (B, T, D) target states; memory: (N, S, D) encoder output, where B = N * G: each
+        source sentence's G decoder rows (a beam) are adjacent and share its memory row.
 
         With a ``cache``, ``x`` holds only the new positions; their keys/values are
-        appended to the cache and cross-attention K/V are projected once.
+        appended to the cache and cross-attention K/V are projected once per sentence.
         Returns (B, T, D) and cross-attention weights (B, H, T, S) if requested.
         """
         h = self.self_attn_res.inner(x)
         k, v = self.self_attn.project_kv(h)  # (B, H, T, Dh)
         if cache is not None:
-            if cache.self_k is not None:
-                k = torch_cat(cache.self_k, k)
-                v = torch_cat(cache.self_v, v)
-            cache.self_k, cache.self_v = k, v
+            k, v = cache.append(k, v)  # (B, H, T_past + T, Dh)
         attn, _ = self.self_attn.attend(h, k, v, causal=True)
         x = self.self_attn_res.outer(x, attn)  # (B, T, D)
 
@@ -108,8 +105,3 @@ class DecoderLayer(nn.Module):
         attn, weights = self.cross_attn.attend(h, ck, cv, key_pad_mask=src_pad_mask, need_weights=need_weights)
         x = self.cross_attn_res.outer(x, attn)  # (B, T, D)
         return self.ffn_res.outer(x, self.ffn(self.ffn_res.inner(x))), weights
-
-
-def torch_cat(past: Tensor, new: Tensor) -> Tensor:
-    """Append new positions along the time axis: (B, H, T0, Dh) + (B, H, T1, Dh)."""
-    return torch.cat([past, new], dim=2)

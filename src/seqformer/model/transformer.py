@@ -78,6 +78,7 @@ class Seq2SeqTransformer(nn.Module):
         self.decoder = Decoder(cfg, tgt_embed)
         self.output = None if cfg.tie_output else nn.Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False)
         self.final_logits_bias = nn.Parameter(torch.zeros(cfg.tgt_vocab_size)) if cfg.final_logits_bias else None
+        self.output_t: Tensor | None = None  # (D, V) inference-only copy, see transpose_output()
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -99,14 +100,26 @@ class Seq2SeqTransformer(nn.Module):
             self.output = nn.Linear(self.cfg.d_model, self.cfg.tgt_vocab_size, bias=False)
             self.output.weight = nn.Parameter(self.decoder.embed.weight.detach().clone())
 
+    def transpose_output(self) -> None:
+        """Keep a (D, V) contiguous copy of the output weight for inference: on CPU, hidden @ W^T as
+        a plain (N, D) x (D, V) product runs about 1.3x faster than linear() over the (V, D) weight
+        (MKL, 16k vocabulary; same values), and this projection is a large share of each decoding
+        step. For inference copies only: the copy does not follow later weight updates."""
+        self.output_t = self.output_weight.detach().t().contiguous()  # (D, V)
+
     def encode(self, src: Tensor, src_pad_mask: Tensor) -> Tensor:
         """src: (B, S); src_pad_mask: (B, S) True = padding. Returns memory (B, S, D)."""
         return self.encoder(src, src_pad_mask)
 
     def project(self, hidden: Tensor) -> Tensor:
         """Hidden states (..., D) to vocabulary logits (..., V)."""
-        # Call the output layer as a module so that a dynamically quantized (int8) copy works too.
-        logits = self.output(hidden) if self.output is not None else F.linear(hidden, self.output_weight)  # (..., V)
+        if self.output_t is not None and not self.training:
+            logits = hidden @ self.output_t  # (..., V)
+        elif self.output is not None:
+            # Called as a module so that a dynamically quantized (int8) copy works too.
+            logits = self.output(hidden)  # (..., V)
+        else:
+            logits = F.linear(hidden, self.output_weight)  # (..., V)
         if self.final_logits_bias is not None:
             logits = logits + self.final_logits_bias
         return logits
