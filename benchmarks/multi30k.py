@@ -55,6 +55,12 @@ def curve(run: Path) -> list[tuple[float, float]]:
     return points
 
 
+def label(run: Path, pair: str) -> str:
+    """A curve's legend: the pair and the run's model shape, read from the run itself."""
+    m = json.loads((run / "config.json").read_text())["model"]
+    return f"{pair} (d{m['d_model']} {m['n_encoder_layers']}+{m['n_decoder_layers']})"
+
+
 def plot(curves: dict[str, list[tuple[float, float]]], out: Path) -> None:
     """Dev BLEU against training wall time, one line per run (skipped without matplotlib)."""
     try:
@@ -69,7 +75,7 @@ def plot(curves: dict[str, list[tuple[float, float]]], out: Path) -> None:
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
     ax.set_xlabel("training wall time (min, 2-core CPU)")
     ax.set_ylabel("val BLEU (greedy, cased sacreBLEU)")
-    ax.set_title("Multi30k: seqformer d256 3+3")
+    ax.set_title("Multi30k: seqformer")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -116,8 +122,8 @@ def main() -> None:
     ap.add_argument("--curves", type=Path, help="only plot val BLEU vs time of the en-fr and en-de runs to this PNG")
     args = ap.parse_args()
     if args.curves:
-        runs = {f"EN-{t.upper()}": recipe_run(t) for t in ("fr", "de")}
-        plot({label: curve(run) for label, run in runs.items() if (run / "train_log.jsonl").exists()}, args.curves)
+        runs = [(f"EN-{t.upper()}", recipe_run(t)) for t in ("fr", "de")]
+        plot({label(run, pair): curve(run) for pair, run in runs if (run / "train_log.jsonl").exists()}, args.curves)
         return
     run = recipe_run(args.tgt)
     if not args.no_train:
@@ -147,7 +153,7 @@ def main() -> None:
     (run.parent / f"{run.name}.test.hyp").write_text("\n".join(hyps) + "\n", encoding="utf-8")
     points = curve(run)
     print(json.dumps({"dev_bleu_vs_minutes": points}))
-    plot({f"EN-{args.tgt.upper()}": points}, run / "dev_bleu.png")
+    plot({label(run, f"EN-{args.tgt.upper()}"): points}, run / "dev_bleu.png")
 
 
 if __name__ == "__main__":
