@@ -34,7 +34,7 @@ def test_reorder_equals_index_select(rows):
     idx = torch.tensor(rows)
     in_place = _in_place_moves(idx) is not None
     assert in_place == (rows != [1, 0, 3, 2])
-    cache.reorder(idx)
+    cache.reorder_beams(idx)
     for layer in cache.layers:
         end = layer.length
         torch.testing.assert_close(layer.self_k[:, :, :end], k[idx], rtol=0, atol=0)

@@ -32,6 +32,9 @@ class PrefixCache:
     def reorder(self, indices: torch.Tensor, sources: torch.Tensor | None = None) -> None:
         self.prefix = self.prefix.index_select(0, indices)
 
+    def reorder_beams(self, indices: torch.Tensor) -> None:
+        self.reorder(indices)
+
 
 class TableModel:
     """A hand-set scoring model: next-token log-probs are a fixed function of (sentence, prefix).

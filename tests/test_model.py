@@ -70,7 +70,7 @@ def test_cache_reorder_follows_rows():
     for t in range(3):
         model.decode_step(tgt[:, t : t + 1], memory, mask, cache)
     idx = torch.tensor([1, 1, 0])
-    cache.reorder(idx, idx)
+    cache.reorder(idx)
     lp, _ = model.decode_step(tgt[idx, 3:4], memory[idx], mask[idx], cache)
     full = model(src[idx], mask[idx], tgt[idx]).log_softmax(dim=-1)[:, 3]
     torch.testing.assert_close(lp, full, atol=1e-5, rtol=1e-5)
@@ -99,11 +99,13 @@ def test_beam_rows_share_one_memory_row(impl):
             sources = torch.tensor([0, 2])
             keep = torch.tensor([1, 0, 2, 6, 7, 8])
             shared.reorder(keep, sources)
-            copied.reorder(keep, keep)
+            copied.reorder(keep)
             rows, memory, mask, mem_c, mask_c = rows[keep], memory[sources], mask[sources], mem_c[keep], mask_c[keep]
-        a, wa = model.decode_step(tgt[rows, t : t + 1], memory, mask, shared, need_weights=True)
-        b, wb = model.decode_step(tgt[rows, t : t + 1], mem_c, mask_c, copied, need_weights=True)
+        weights = t % 2 == 0  # with weights cross-attention takes the written-out path, else SDPA's (impl)
+        a, wa = model.decode_step(tgt[rows, t : t + 1], memory, mask, shared, need_weights=weights)
+        b, wb = model.decode_step(tgt[rows, t : t + 1], mem_c, mask_c, copied, need_weights=weights)
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        assert len(wa) == len(wb) == (len(model.decoder.layers) if weights else 0)
         for x, y in zip(wa, wb):
             torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
     full = model(src[[0, 0, 0, 2, 2, 2]], mask_c, tgt[rows]).log_softmax(dim=-1)[:, -1]  # (6, V)
@@ -232,3 +234,19 @@ def test_shared_embeddings_are_one_tensor():
     untied = tiny_model(share_embeddings=False, tie_output=False)
     assert untied.encoder.embed.weight is not untied.decoder.embed.weight
     assert untied.output_weight is untied.output.weight
+
+
+@pytest.mark.parametrize("variant", [VARIANTS[0], VARIANTS[2]], ids=["tied", "untied-bias"])
+@torch.no_grad()
+def test_transposed_output_gives_the_same_logits_and_follows_the_weights(variant):
+    model = tiny_model(seed=8, **variant).eval()
+    src, mask, tgt = _inputs(model)
+    plain = model(src, mask, tgt)  # (B, T, V)
+    model.transpose_output()
+    torch.testing.assert_close(model(src, mask, tgt), plain, atol=1e-6, rtol=1e-6)
+    assert not any("output_t" in name for name in model.state_dict())
+    model.output_weight.mul_(2.0)  # e.g. new weights imported in place: the copy must not go stale
+    doubled = model(src, mask, tgt)
+    model.transpose_output(False)
+    torch.testing.assert_close(doubled, model(src, mask, tgt), atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(doubled, plain)

@@ -141,7 +141,7 @@ def beam_search(
             cache.reorder(idx, sources)
             memory, src_pad_mask = memory[sources], src_pad_mask[sources]
         else:
-            cache.reorder(idx)
+            cache.reorder_beams(idx)
         row_limits = row_limits[idx]
         if step_attn is not None:
             now = step_attn[idx][:, :, :, None]  # (N'*K, L, H, 1, S)

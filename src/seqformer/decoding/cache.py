@@ -72,27 +72,33 @@ class DecoderCache:
         return cls(layers=[LayerCache() for _ in range(n_layers)], step=0)
 
     def reorder(self, rows: Tensor, sources: Tensor | None = None) -> None:
-        """Keep decoder rows ``rows`` (R',) of the self-attention cache (beam reordering, dropping
-        finished rows) and, when given, memory rows ``sources`` (N',) of the cross-attention cache:
-        pass them whenever the memory handed to ``decode_step`` changes rows too."""
+        """Keep rows ``rows`` (R',) of the self-attention cache and rows ``sources`` (N',) of the
+        cross-attention cache (default: ``rows``, for one memory row per decoder row): dropping
+        finished rows, or any reordering where the memory handed to ``decode_step`` follows."""
         rows = rows.to(torch.long)
-        first = self.layers[0].self_k if self.layers else None
-        same_rows = sources is None and first is not None and first.size(0) == rows.numel()
-        moves = _in_place_moves(rows) if same_rows else None
+        sources = rows if sources is None else sources.to(torch.long)
+        for layer in self.layers:
+            layer.select_rows(rows)
+            layer.select_sources(sources)
+
+    def reorder_beams(self, rows: Tensor) -> None:
+        """Beam reordering: row i continues the hypothesis of row ``rows[i]`` (R,), a row of the same
+        sentence, so the memory and its cross-attention cache stay as they are. Copies only the rows
+        that change, in place, when the rows they copy from stay (as beam search arranges)."""
+        rows = rows.to(torch.long)
+        moves = _in_place_moves(rows)
         for layer in self.layers:
             if moves is None:
                 layer.select_rows(rows)
             elif moves[0].numel():
                 layer.copy_rows(*moves)
-            if sources is not None:
-                layer.select_sources(sources.to(torch.long))
 
 
 def _in_place_moves(rows: Tensor) -> tuple[Tensor, Tensor] | None:
     """(dst, src) such that copying rows src onto rows dst in place equals ``index_select(rows)``
     (same row count), or None when it cannot: a row that is copied is itself overwritten.
     Beam search orders its beams so that this is the usual case (see ``beam._in_place``)."""
-    here = torch.arange(rows.numel())
+    here = torch.arange(rows.numel(), device=rows.device)
     moved = rows != here  # (R,)
     dst = moved.nonzero().squeeze(1)
     src = rows[dst]

@@ -89,7 +89,7 @@ def greedy_or_sample(
         step += 1
         if len(keep) < rows.numel():
             idx = torch.tensor(keep, dtype=torch.long)
-            cache.reorder(idx, idx)  # one memory row per decoder row here
+            cache.reorder(idx)  # one memory row per decoder row here
             memory, src_pad_mask, limits = memory[idx], src_pad_mask[idx], limits[idx]
             rows, tok = rows[idx], tok[idx]
         last = tok[:, None]

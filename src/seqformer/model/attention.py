@@ -89,9 +89,10 @@ class MultiHeadAttention(nn.Module):
         b, t, d = query.shape
         n, h = k.size(0), self.n_heads
         g = b // n
+        if b != n * g or (causal and g > 1):
+            raise ValueError(f"{b} query rows cannot share {n} key rows (grouped queries are for cross-attention)")
         q = self.split_heads(self.q_proj(query))  # (B, H, T, Dh)
         if g > 1:
-            assert not causal and b == n * g, "grouped queries are for cross-attention over N source rows"
             q = q.reshape(n, g, h, t, self.head_dim).transpose(1, 2).reshape(n, h, g * t, self.head_dim)  # (N, H, G*T, Dh)
         allowed = _allowed(key_pad_mask)
         dropout = self.dropout if self.training else 0.0

@@ -78,7 +78,8 @@ class Seq2SeqTransformer(nn.Module):
         self.decoder = Decoder(cfg, tgt_embed)
         self.output = None if cfg.tie_output else nn.Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False)
         self.final_logits_bias = nn.Parameter(torch.zeros(cfg.tgt_vocab_size)) if cfg.final_logits_bias else None
-        self.output_t: Tensor | None = None  # (D, V) inference-only copy, see transpose_output()
+        self.transposed_output = False  # see transpose_output()
+        self._output_t: tuple[tuple, Tensor] | None = None  # (weight's identity, its (D, V) copy)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -100,12 +101,20 @@ class Seq2SeqTransformer(nn.Module):
             self.output = nn.Linear(self.cfg.d_model, self.cfg.tgt_vocab_size, bias=False)
             self.output.weight = nn.Parameter(self.decoder.embed.weight.detach().clone())
 
-    def transpose_output(self) -> None:
-        """Keep a (D, V) contiguous copy of the output weight for inference: on CPU, hidden @ W^T as
-        a plain (N, D) x (D, V) product runs about 1.3x faster than linear() over the (V, D) weight
-        (MKL, 16k vocabulary; same values), and this projection is a large share of each decoding
-        step. For inference copies only: the copy does not follow later weight updates."""
-        self.output_t = self.output_weight.detach().t().contiguous()  # (D, V)
+    def transpose_output(self, on: bool = True) -> None:
+        """Project onto the vocabulary with a (D, V) contiguous copy of the output weight when not
+        training: on CPU, a plain (N, D) x (D, V) product runs about 1.3x faster than linear() over
+        the (V, D) weight (MKL, 16k vocabulary; same values), and this projection is a large share
+        of each decoding step. The copy is remade whenever the weight changes, moves or is cast."""
+        self.transposed_output = on
+        self._output_t = None
+
+    def _output_weight_t(self) -> Tensor:
+        w = self.output_weight
+        key = (w._version, w.data_ptr(), w.dtype, w.device)
+        if self._output_t is None or self._output_t[0] != key:
+            self._output_t = (key, w.detach().t().contiguous())  # (D, V)
+        return self._output_t[1]
 
     def encode(self, src: Tensor, src_pad_mask: Tensor) -> Tensor:
         """src: (B, S); src_pad_mask: (B, S) True = padding. Returns memory (B, S, D)."""
@@ -113,8 +122,8 @@ class Seq2SeqTransformer(nn.Module):
 
     def project(self, hidden: Tensor) -> Tensor:
         """Hidden states (..., D) to vocabulary logits (..., V)."""
-        if self.output_t is not None and not self.training:
-            logits = hidden @ self.output_t  # (..., V)
+        if self.transposed_output and not self.training:
+            logits = hidden @ self._output_weight_t()  # (..., V)
         elif self.output is not None:
             # Called as a module so that a dynamically quantized (int8) copy works too.
             logits = self.output(hidden)  # (..., V)
