@@ -26,6 +26,8 @@ def main(src: str, dst: str) -> None:
     for name in {config["tokenizer"]["src"], config["tokenizer"]["tgt"], "training.json"}:
         if (src_dir / name).is_file():
             shutil.copyfile(src_dir / name, dst_dir / name)
+        elif name == "training.json":  # an averaged model has none: never leave an older model's behind
+            (dst_dir / name).unlink(missing_ok=True)
     size = sum(p.stat().st_size for p in dst_dir.iterdir())
     print(f"bundled model written to {dst_dir} ({size / 1e6:.1f} MB)")
 
