@@ -116,7 +116,7 @@ def beam_search(
         cand = (state.scores[:, :, None] + lp.view(n, k, vocab)).view(n, k * vocab)  # (N, K*V)
         top_s, top_i = cand.topk(min(2 * k, k * vocab), dim=-1)  # (N, 2K)
         step_attn = torch.stack([a[:, :, -1] for a in attn], dim=1) if need_attention else None  # (N*K, L, H, S)
-        rows, toks, new_scores, kept = [], [], [], []
+        rows, toks, new_scores, kept, kept_at = [], [], [], [], []  # kept_at: kept sentences' memory rows
         for j, b in enumerate(state.sents):
             ended, live = _select(j, k, vocab, top_s, top_i, mc.eos_id)
             for row, s in ended:
@@ -127,6 +127,7 @@ def beam_search(
             while len(live) < k:  # tiny vocabularies: pad with dead copies
                 live.append((live[0][0], live[0][1], float("-inf")))
             kept.append(b)
+            kept_at.append(j)
             for row, tok, s in _in_place(live, j, k):
                 rows.append(row)
                 toks.append(tok)
@@ -136,8 +137,7 @@ def beam_search(
         idx = torch.tensor(rows, dtype=torch.long)
         new_tok = torch.tensor(toks, dtype=torch.long)
         if len(kept) < n:  # sentences left the batch: drop their memory rows too
-            still = set(kept)
-            sources = torch.tensor([j for j, b in enumerate(state.sents) if b in still], dtype=torch.long)
+            sources = torch.tensor(kept_at, dtype=torch.long)
             cache.reorder(idx, sources)
             memory, src_pad_mask = memory[sources], src_pad_mask[sources]
         else:
