@@ -103,8 +103,8 @@ class Seq2SeqTransformer(nn.Module):
 
     def transpose_output(self, on: bool = True) -> None:
         """Project onto the vocabulary with a (D, V) contiguous copy of the output weight when not
-        training: on CPU, a plain (N, D) x (D, V) product runs about 1.3x faster than linear() over
-        the (V, D) weight (MKL, 16k vocabulary; same values), and this projection is a large share
+        training: on CPU, MKL runs a plain (N, D) x (D, V) product faster than linear() over the
+        (V, D) weight (same values), and this projection is a large share
         of each decoding step. The copy is remade whenever the weight changes, moves or is cast."""
         self.transposed_output = on
         self._output_t = None
