@@ -17,9 +17,10 @@ from safetensors.torch import load_file
 import seqformer
 from seqformer import TrainConfig, Translator
 from seqformer.data.batching import bucket_batches, collate
+from seqformer.errors import ConfigError
 from seqformer.training import checkpoint as ckpt
 from seqformer.training.average import average_checkpoints
-from seqformer.training.optim import batch_loss, inverse_sqrt_lr, smoothed_loss
+from seqformer.training.optim import batch_loss, inverse_sqrt_lr, scheduled_lr, smoothed_loss
 from seqformer.training.trainer import Trainer
 
 
@@ -90,6 +91,43 @@ def test_resumed_run_reproduces_the_uninterrupted_run(tmp_path, spm_file, monkey
     assert [lr for _, _, lr in got] == pytest.approx([inverse_sqrt_lr(s, 2e-3, 4) for s in range(1, 2 * k + 1)])
     a, b = load_file(full / "model.safetensors"), load_file(parts / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_a_run_without_a_cooldown_resumes_into_one_exactly(tmp_path, spm_file):
+    """How the bundled model's last leg was trained: a run stopped at k updates with no cool-down, resumed
+    with max_steps=2k and cooldown_steps=k, is the run that had that schedule from the start, update by update."""
+    k = 6
+    cooldown = dict(max_steps=2 * k, cooldown_steps=k)
+    full = seqformer.train(dataclasses.replace(_resume_config(tmp_path, spm_file, "full", 2 * k), **cooldown),
+                           RESUME_MODEL, progress=False)
+    seqformer.train(_resume_config(tmp_path, spm_file, "parts", k), RESUME_MODEL, progress=False)
+    parts = seqformer.train(dataclasses.replace(_resume_config(tmp_path, spm_file, "parts", 2 * k), **cooldown),
+                            RESUME_MODEL, resume=True, progress=False)
+
+    expected = [(r["step"], r["loss"], r["lr"]) for r in _log(full) if "loss" in r]
+    assert [(r["step"], r["loss"], r["lr"]) for r in _log(parts) if "loss" in r] == expected
+    lrs = [lr for _, _, lr in expected]
+    assert lrs[:k] == pytest.approx([inverse_sqrt_lr(s, 2e-3, 4) for s in range(1, k + 1)])
+    assert lrs[k:] == pytest.approx([inverse_sqrt_lr(k, 2e-3, 4) * (k - i) / (k + 1) for i in range(k)])
+
+
+def test_cooldown_schedule():
+    cfg = TrainConfig(lr=1e-3, warmup_steps=4, max_steps=100, cooldown_steps=40)
+    plain = TrainConfig(lr=1e-3, warmup_steps=4, max_steps=100)
+    assert [scheduled_lr(s, cfg) for s in range(1, 61)] == [scheduled_lr(s, plain) for s in range(1, 61)]
+    assert [scheduled_lr(s, plain) for s in range(1, 101)] == [inverse_sqrt_lr(s, 1e-3, 4) for s in range(1, 101)]
+    tail = [scheduled_lr(s, cfg) for s in range(60, 101)]
+    steps = [a - b for a, b in zip(tail, tail[1:])]
+    assert steps == pytest.approx([tail[0] / 41] * 40)  # a straight line from the value at update 60 ...
+    assert tail[-1] == pytest.approx(tail[0] / 41) and scheduled_lr(101, cfg) == 0.0  # ... to zero after update 100
+    assert all(a < b for a, b in zip(tail[1:], [scheduled_lr(s, plain) for s in range(61, 101)]))
+
+
+@pytest.mark.parametrize("fields", [dict(cooldown_steps=10), dict(cooldown_steps=10, max_steps=5),
+                                    dict(cooldown_steps=-1, max_steps=5)])
+def test_a_cooldown_needs_a_max_steps_to_end_at(fields):
+    with pytest.raises(ConfigError, match="cooldown_steps"):
+        TrainConfig(**fields)
 
 
 def test_a_different_seed_gives_a_different_curve(tmp_path, spm_file):

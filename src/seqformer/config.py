@@ -111,6 +111,7 @@ class TrainConfig:
     update_freq: int = 1
     lr: float = 1e-3
     warmup_steps: int = 1000
+    cooldown_steps: int = 0  # the last N updates before max_steps: lr falls linearly to zero
     adam_betas: tuple[float, float] = (0.9, 0.98)
     adam_eps: float = 1e-9
     weight_decay: float = 0.0
@@ -139,6 +140,9 @@ class TrainConfig:
         _check(self.precision in ("auto", "fp32", "bf16", "fp16"),
                f"precision must be auto, fp32, bf16 or fp16 (GPU only), found {self.precision!r}")
         _check(min(self.max_steps, self.epochs, self.max_minutes) >= 0, "limits must be >= 0")
+        _check(self.cooldown_steps == 0 or 0 < self.cooldown_steps <= self.max_steps,
+               f"cooldown_steps needs max_steps (the cool-down ends there) and must be >= 0 and <= max_steps, "
+               f"found cooldown_steps={self.cooldown_steps}, max_steps={self.max_steps}")
         _check(self.max_len > 2, f"max_len must be > 2, found {self.max_len}")
         _check(self.spm_model_type in ("unigram", "bpe"), "spm_model_type must be unigram or bpe")
         object.__setattr__(self, "adam_betas", tuple(self.adam_betas))

@@ -1,5 +1,5 @@
-"""The optimisation recipe: Adam(0.9, 0.98, 1e-9), linear warmup then inverse-sqrt decay,
-and the label-smoothed loss computed only on real (non-padding) target positions."""
+"""The optimisation recipe: Adam(0.9, 0.98, 1e-9), linear warmup then inverse-sqrt decay (optionally
+ending in a linear cool-down to zero), and the label-smoothed loss computed only on real (non-padding) target positions."""
 
 from __future__ import annotations
 
@@ -19,6 +19,21 @@ def inverse_sqrt_lr(step: int, peak: float, warmup: int) -> float:
     if warmup == 0:
         return peak / math.sqrt(step)
     return peak * min(step / warmup, math.sqrt(warmup / step))
+
+
+def scheduled_lr(step: int, cfg: TrainConfig) -> float:
+    """The recipe's learning rate at (1-based) ``step``.
+
+    Inverse-sqrt throughout, except over the last ``cooldown_steps`` updates before ``max_steps``, where it
+    falls linearly from the inverse-sqrt value at the start of the cool-down towards zero (reaching
+    1/(cooldown_steps+1) of it at ``max_steps``). Up to the start of the cool-down the two schedules are the
+    same, so a run trained without one can be resumed into one.
+    """
+    start = cfg.max_steps - cfg.cooldown_steps
+    if not cfg.cooldown_steps or step <= start:
+        return inverse_sqrt_lr(step, cfg.lr, cfg.warmup_steps)
+    left = max(cfg.max_steps - step + 1, 0)  # updates left, this one included
+    return inverse_sqrt_lr(start, cfg.lr, cfg.warmup_steps) * left / (cfg.cooldown_steps + 1)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam:

@@ -27,7 +27,7 @@ from seqformer.training import distributed
 from seqformer.training.amp import Amp, bf16_supported
 from seqformer.training.data import PreparedData, encode_pairs, prepare
 from seqformer.training.distributed import Dist, shard
-from seqformer.training.optim import batch_loss, inverse_sqrt_lr, make_optimizer
+from seqformer.training.optim import batch_loss, make_optimizer, scheduled_lr
 from seqformer.training.rundir import check_space, prepare_out
 from seqformer.training.runlog import RunLog
 from seqformer.training.validate import validate
@@ -162,7 +162,7 @@ class Trainer:
     def train_step(self, group: Group) -> dict[str, float]:
         """One optimizer update; the loss is normalised by the global batch's target tokens."""
         self.model.train()
-        lr = inverse_sqrt_lr(self.state.step + 1, self.cfg.lr, self.cfg.warmup_steps)
+        lr = scheduled_lr(self.state.step + 1, self.cfg)
         for g in self.opt.param_groups:
             g["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
