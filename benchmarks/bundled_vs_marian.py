@@ -1,15 +1,15 @@
 """Translation quality: seqformer vs Hugging Face MarianMTModel trained by the same recipe for the same time.
 
-    python recipes/tatoeba_split.py                       # once: writes work/tatoeba-en-fr/
-    seqformer train --config recipes/tatoeba-en-fr.json   # the seqformer side (the recipe's max_minutes)
-    python benchmarks/bundled_vs_marian.py --minutes 135 --threads 1 --seqformer-model work/runs/tatoeba-en-fr
+    python recipes/tatoeba_split.py                                          # once: work/tatoeba-en-fr/
+    seqformer train --config recipes/tatoeba-en-fr.json --max-minutes M      # the seqformer side, M minutes
+    python benchmarks/bundled_vs_marian.py --minutes M --seqformer-model work/runs/tatoeba-en-fr
 
 MarianMTModel is given everything seqformer's trainer uses: the recipe's tokenizer (the
 seqformer run's spm.model when the recipe's out directory has one, else one trained here by
 seqformer's own code), its token-bucketed batches (max_tokens, seed, epoch after epoch), its
-"model" section mapped onto MarianConfig, Adam(0.9, 0.98, 1e-9) with linear warmup and
-inverse-sqrt decay, label smoothing over non-padding tokens normalised per target token,
-gradient clipping, and bf16 autocast where seqformer's "auto" precision picks it. The clock
+"model" section mapped onto MarianConfig, Adam(0.9, 0.98, 1e-9) with seqformer's schedule (linear
+warmup, inverse-sqrt decay, the recipe's cool-down if it gets that far), label smoothing over non-padding
+tokens normalised per target token, gradient clipping, and bf16 autocast where seqformer's "auto" precision picks it. The clock
 counts batching and updates only, as the recipe's max_minutes does. The split's English
 sentences are then translated with generate() (greedy and beam 4) under seqformer's rules
 (length limit 1.2 * source + 10, </s> forced there, <pad> never emitted, length penalty 1,
@@ -49,7 +49,7 @@ from seqformer.decoding.common import constrain, max_lengths
 from seqformer.segment import split_sentences
 from seqformer.training.amp import Amp
 from seqformer.training.data import PreparedData, prepare
-from seqformer.training.optim import inverse_sqrt_lr, make_optimizer
+from seqformer.training.optim import make_optimizer, scheduled_lr
 from seqformer.training.trainer import build_model_config
 
 TOKENIZER_FILES = ("spm.model", "src.spm", "tgt.spm")  # what seqformer's data preparation writes
@@ -84,7 +84,7 @@ def update(model: MarianMTModel, opt: torch.optim.Optimizer, amp: Amp, group: li
            step: int) -> float | None:
     """One optimizer update as seqformer's Trainer.train_step; the loss per target token, None if skipped (NaN/inf)."""
     for g in opt.param_groups:
-        g["lr"] = inverse_sqrt_lr(step + 1, cfg.lr, cfg.warmup_steps)
+        g["lr"] = scheduled_lr(step + 1, cfg)
     opt.zero_grad(set_to_none=True)
     n_tgt = sum(b.n_tgt_tokens for b in group)
     total = 0.0
@@ -108,13 +108,14 @@ def skip(opt: torch.optim.Optimizer, amp: Amp, unscaled: bool) -> None:
 
 
 def train_marian(model: MarianMTModel, data: PreparedData, cfg: TrainConfig, mc: ModelConfig, seconds: float) -> dict:
-    """Train for ``seconds`` of batching + update time; progress lines go to stderr every log_every steps."""
+    """Train for ``seconds`` of batching + update time (or to the recipe's max_steps, whichever comes first);
+    progress lines go to stderr every log_every steps."""
     amp, opt, stream = Amp(cfg.precision, torch.device("cpu")), make_optimizer(model, cfg), batch_stream(data, cfg, mc)
     model.train()
     step = skipped = tokens = epoch = 0
     elapsed, loss, window = 0.0, math.nan, (0, 0.0)  # window: tokens and seconds since the last progress line
     last = time.perf_counter()
-    while elapsed < seconds:
+    while elapsed < seconds and not (cfg.max_steps and step >= cfg.max_steps):
         group = [next(stream) for _ in range(cfg.update_freq)]
         epoch = group[-1][0]
         result = update(model, opt, amp, [b for _, b in group], cfg, step)
