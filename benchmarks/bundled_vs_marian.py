@@ -9,8 +9,8 @@ seqformer run's spm.model when the recipe's out directory has one, else one trai
 seqformer's own code), its token-bucketed batches (max_tokens, seed, epoch after epoch), its
 "model" section mapped onto MarianConfig, Adam(0.9, 0.98, 1e-9) with seqformer's schedule (linear
 warmup, inverse-sqrt decay, the recipe's cool-down if it gets that far), label smoothing over non-padding
-tokens normalised per target token, gradient clipping, and bf16 autocast where seqformer's "auto" precision picks it. The clock
-counts batching and updates only, as the recipe's max_minutes does. The split's English
+tokens normalised per target token, gradient clipping, and bf16 autocast where seqformer's "auto"
+precision picks it. The clock counts batching and updates only, as the recipe's max_minutes does. The split's English
 sentences are then translated with generate() (greedy and beam 4) under seqformer's rules
 (length limit 1.2 * source + 10, </s> forced there, <pad> never emitted, length penalty 1,
 a sentence done when its beam has finished) and scored with multi-reference sacreBLEU.
