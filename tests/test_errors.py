@@ -4,12 +4,14 @@ and odd text (empty, unknown characters, too long) never crashes translation."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import warnings
 
 import pytest
 import torch
-from conftest import call_main, reversal_pairs, run_seqformer, tiny_model, write_tsv
+from conftest import call_main, reversal_pairs, run_seqformer, seqformer_command, tiny_model, write_tsv
 
 import seqformer
 from seqformer import TrainConfig
@@ -68,10 +70,45 @@ def test_byte_order_mark_and_crlf_are_not_part_of_the_text(tmp_path):
     assert read_parallel(str(tmp_path / "bom.tsv")) == [("a b", "b a"), ("c", "d")]
 
 
-def test_invalid_utf8_is_a_data_error(tmp_path):
-    (tmp_path / "bad.tsv").write_bytes(b"a\tb\n\xff\xfe\tc\n")
-    with pytest.raises(DataError, match="UTF-8"):
+def test_invalid_utf8_is_a_data_error_naming_the_line(tmp_path):
+    (tmp_path / "bad.tsv").write_bytes(b"a\tb\nc \xff\xfe\tc\n")
+    with pytest.raises(DataError, match=r"bad.tsv:2: not valid UTF-8 \(invalid start byte at byte 3 of the line\)"):
         read_parallel(str(tmp_path / "bad.tsv"))
+
+
+def test_invalid_utf8_on_stdin_is_a_one_line_error(model_dir):
+    result = subprocess.run([*seqformer_command(), "translate", "--model", str(model_dir)], capture_output=True,
+                            input=b"a b\n\xff\xfe c\n", env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert result.returncode == 1
+    assert "<stdin>:2: not valid UTF-8" in _one_line_error(result.stderr.decode())
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["translate", "--threads", "-1", "a"], "--threads must be >= 0"),
+    (["translate", "--output", "{tmp}", "a"], "is a folder"),
+    (["evaluate", "--src", "{tmp}/empty.txt", "--ref", "{tmp}/empty.txt"], "empty.txt: no lines to evaluate"),
+])
+def test_bad_command_line_values_are_one_line_errors(model_dir, tmp_path, capsys, args, message):
+    (tmp_path / "empty.txt").write_text("")
+    assert call_main(*[a.format(tmp=tmp_path) for a in args], "--model", model_dir) == 1
+    assert message in _one_line_error(capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt"]  # nothing written
+
+
+@pytest.mark.parametrize("section", ["model", "tokenizer"])
+def test_a_config_section_that_is_not_an_object_is_a_model_dir_error(model_dir, tmp_path, capsys, section):
+    broken = _broken_copy(model_dir, tmp_path, lambda d: None)
+    config = json.loads((broken / "config.json").read_text())
+    config[section] = None if section == "model" else "spm.model"
+    (broken / "config.json").write_text(json.dumps(config))
+    assert call_main("translate", "--model", broken, "a") == 1
+    assert f"config.json: '{section}' must be a JSON object" in _one_line_error(capsys.readouterr().err)
+
+
+def test_a_recipe_section_that_is_not_an_object_is_a_config_error(tmp_path, capsys):
+    (tmp_path / "recipe.json").write_text(json.dumps({"train": None, "model": {}}))
+    assert call_main("train", "--config", tmp_path / "recipe.json") == 1
+    assert "section 'train' must be a JSON object" in _one_line_error(capsys.readouterr().err)
 
 
 def _broken_copy(model_dir, tmp_path, breaker):
@@ -204,7 +241,14 @@ def test_unknown_characters_do_not_crash(model_dir):
     ("Hello there. How are you? I'm fine!", ["Hello there.", "How are you?", "I'm fine!"]),
     ('He said "Stop." Then he left.', ['He said "Stop."', "Then he left."]),
     ("Numbers like 3.14 stay. 42 starts a sentence.", ["Numbers like 3.14 stay.", "42 starts a sentence."]),
-    ("e.g. this is one sentence. and so is this", ["e.g. this is one sentence. and so is this"]),
+    ("e.g. this is one sentence. and so is this", ["e.g. this is one sentence.", "and so is this"]),
+    ("i am tired. we should go home. it is late.", ["i am tired.", "we should go home.", "it is late."]),
+    ("Mr. Brown met Dr. Smith. J. R. R. Tolkien wrote it.", ["Mr. Brown met Dr. Smith.", "J. R. R. Tolkien wrote it."]),
+    ("The U.S. Army. i.e. the army.", ["The U.S. Army.", "i.e. the army."]),
+    ("Это кот. Это собака.", ["Это кот.", "Это собака."]),
+    ("我很好。你呢？好！", ["我很好。", "你呢？", "好！"]),
+    ("Wait... what? Wait... What?", ["Wait... what?", "Wait...", "What?"]),
+    ('"Why?" she asked. "Go!" He went.', ['"Why?" she asked.', '"Go!"', "He went."]),
     ("  spaced\n  out.   Next  one  ", ["spaced out.", "Next one"]),
     ("", [""]),
     ("   ", [""]),

@@ -8,17 +8,59 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from seqformer.translator import Translation
 
-# A boundary is end punctuation (optionally closed by a quote or bracket) followed by
-# whitespace and something that can start a sentence.
-_BOUNDARY = re.compile(r"([.!?…][\"'”»)\]]*)\s+(?=[\"'“«(\[¿¡]?[A-Z0-9À-ÖØ-Þ])")
+# A boundary candidate is end punctuation (optionally closed by a quote or bracket) followed by whitespace
+# and a letter or digit of any script or case (optionally after an opening quote or bracket), or a CJK full
+# stop, exclamation or question mark (which needs no space after it).
+_BOUNDARY = re.compile(
+    r"(?P<end>[.!?…][\"'”»)\]]*)\s+(?=[\"'“«(\[¿¡]?[^\W_])"
+    r"|(?P<cjk>[。！？][\"'”»)\]」』]*)\s*(?=\S)"
+)
+# Words whose period is not a sentence end: titles and abbreviations that do not end sentences (words
+# such as "no" or "Inc." that often do are left out); single capitals (initials) and dotted letter runs
+# (e.g, i.e, U.S, a.m) are recognised by shape.
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof st jr sr mt vs cf fig approx dept capt sgt lt cmdr jan feb apr jun jul aug sep sept "
+    "oct nov".split()
+)
+_DOTTED = re.compile(r"(?:[^\W\d_]\.)*[^\W\d_]")
+
+
+def _is_abbreviation(before: str) -> bool:
+    """Whether the word that ends ``before`` (the text up to a period) is an abbreviation."""
+    word = before.rsplit(None, 1)[-1].lstrip("\"'“«([¿¡") if before.strip() else ""
+    if word.lower() in _ABBREVIATIONS:
+        return True
+    if len(word) == 1:
+        return word.isupper()  # an initial ("J. Smith"); "the letter a." can end a sentence
+    return len(word) <= 5 and "." in word and _DOTTED.fullmatch(word) is not None
+
+
+def _next_letter(text: str, m: re.Match) -> str:
+    return text[m.end()].lstrip("\"'“«([¿¡") or text[m.end() + 1 : m.end() + 2]
 
 
 def split_sentences(text: str) -> list[str]:
-    """Split ``text`` into sentences; whitespace-only input gives [""]."""
+    """Split ``text`` into sentences; whitespace-only input gives [""].
+
+    A sentence may start with a letter of any case or script or a digit, so lower-case and
+    non-Latin input is split too; a period after an abbreviation ("Mr.", "e.g.", an initial) is not an end.
+    """
     text = " ".join(text.split())
     if not text:
         return [""]
-    return [s.strip() for s in _BOUNDARY.sub("\\1\n", text).split("\n") if s.strip()]
+    sentences, start = [], 0
+    for m in _BOUNDARY.finditer(text):
+        end = m.group("end")
+        if end and end[0] == "." and _is_abbreviation(text[: m.start()]):
+            continue
+        if end and (end[0] == "…" or text[m.start() - 2 : m.start()] == "..") and _next_letter(text, m).islower():
+            continue  # "Wait... what?": an ellipsis before a lower-case word is a pause, not an end
+        if end and len(end) > 1 and _next_letter(text, m).islower():
+            continue  # '"Why?" she asked.': a quotation closed inside the sentence
+        sentences.append(text[start : m.end("end") if m.group("end") else m.end("cjk")])
+        start = m.end()
+    sentences.append(text[start:])
+    return [s.strip() for s in sentences if s.strip()]
 
 
 def join_pieces(pieces: list[list[Translation]]) -> list[Translation]:
