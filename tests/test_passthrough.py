@@ -36,6 +36,13 @@ def test_joined_emoji_sequences_and_skin_tones_stay_whole():
     assert held.inner == (wave, family, heart)
 
 
+def test_a_keycap_emoji_is_a_symbol_not_a_digit():
+    keycap = "1\ufe0f\u20e3"  # digit one + emoji presentation + combining enclosing keycap
+    assert hold_out(f"Press {keycap} now.", emoji_unknown) == Held("Press now.", inner=(keycap,))
+    assert hold_out("Press #\u20e3 or 1 now.", emoji_unknown) == Held("Press or 1 now.", inner=("#\u20e3",))
+    assert hold_out(f"Press {keycap} now.", lambda ch: False) == Held(f"Press {keycap} now.")  # known: to the model
+
+
 def test_known_symbols_and_unknown_letters_go_to_the_model():
     assert hold_out("I love 🍕!", lambda ch: False) == Held("I love 🍕!")
     # An unknown letter or punctuation mark is part of a word: holding it out would change the word.

@@ -15,8 +15,8 @@ import torch
 
 from seqformer.cli import picked
 from seqformer.config import DecodeConfig, ModelConfig, TrainConfig, from_dict, load_recipe
-from seqformer.data.corpus import read_lines
-from seqformer.errors import DataError
+from seqformer.data.corpus import decode_lines, read_lines
+from seqformer.errors import ConfigError, DataError
 from seqformer.io import atomic_write_text
 
 
@@ -39,6 +39,8 @@ def _check_output(path: str | None) -> None:
     """Fail before any work when an output file cannot be written."""
     if not path:
         return
+    if Path(path).is_dir():
+        raise DataError(f"{path}: is a folder; an output file name is needed")
     parent = Path(path).resolve().parent
     if not parent.is_dir():
         raise DataError(f"{path}: output folder {parent} does not exist")
@@ -49,6 +51,8 @@ def _check_output(path: str | None) -> None:
 def _translator(args: argparse.Namespace):
     from seqformer.translator import Translator
 
+    if args.threads < 0:
+        raise ConfigError(f"--threads must be >= 0 (0: PyTorch's choice), found {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     return Translator.load(args.model, quantize=None if args.quantize == "none" else args.quantize)
@@ -70,8 +74,8 @@ def _chunks(args: argparse.Namespace, batch_size: int) -> Iterator[list[str]]:
         return
     interactive = sys.stdin.isatty()
     chunk: list[str] = []
-    for line in sys.stdin:
-        chunk.append(line.rstrip("\r\n"))
+    for line in decode_lines(iter(sys.stdin.buffer.readline, b""), "<stdin>"):  # readline: no read-ahead
+        chunk.append(line)
         if interactive or len(chunk) >= batch_size:
             yield chunk
             chunk = []
@@ -117,6 +121,8 @@ def evaluate(args: argparse.Namespace) -> int:
     from seqformer.evaluation import score
 
     src = read_lines(Path(args.src))
+    if not src:
+        raise DataError(f"{args.src}: no lines to evaluate")
     refs = [read_lines(Path(r)) for r in args.ref]
     for path, ref in zip(args.ref, refs):
         if len(ref) != len(src):

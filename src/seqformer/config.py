@@ -183,6 +183,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def from_dict(cls: type[T], data: dict[str, Any], *, strict: bool = True) -> T:
     """Build ``cls`` from a dict, rejecting unknown keys (a typo is an error, not a no-op)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cls.__name__}: expected a JSON object of fields, found {type(data).__name__}")
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - known)
     if unknown and strict:
@@ -224,6 +226,9 @@ def load_recipe(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {unknown}; expected 'train' and 'model'")
     train_fields, model_fields = data.get("train", {}), data.get("model", {})
+    for name, section in (("train", train_fields), ("model", model_fields)):
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: section '{name}' must be a JSON object, found {type(section).__name__}")
     from_dict(TrainConfig, train_fields)  # validate names and values early
     bad = sorted(set(model_fields) - {f.name for f in fields(ModelConfig)})
     if bad:

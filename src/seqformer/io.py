@@ -125,6 +125,10 @@ def read_model_dir(path: Path) -> ModelDir:
     if not path.is_dir():
         raise ModelDirError(f"{path}: model directory not found")
     data = migrate(read_json(path / "config.json"))
+    for section in ("model", "tokenizer"):
+        if section in data and not isinstance(data[section], dict):
+            raise ModelDirError(f"{path / 'config.json'}: '{section}' must be a JSON object, "
+                                f"found {type(data[section]).__name__}")
     try:
         model_cfg = from_dict(ModelConfig, data["model"])
         tok = data["tokenizer"]

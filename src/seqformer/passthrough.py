@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 _HELD_CATEGORIES = ("So", "Sk", "Sc", "Sm", "Co", "Cn")
 _JOINERS = {"\u200d", "\ufe0e", "\ufe0f"}  # zero-width joiner, text/emoji variation selectors
+_KEYCAP = "\u20e3"  # combining enclosing keycap: turns the character before it into an emoji
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([.!?,;:…])")
 _FINAL_PUNCT = re.compile(r"\s*[.!?…]+[\"'”»)\]]*\s*$")
 
@@ -40,10 +41,12 @@ class Held:
 def _held_flags(text: str, is_unknown: Callable[[str], bool]) -> list[bool]:
     """Per character: is it part of a held-out symbol? Joiners and marks follow their base."""
     flags: list[bool] = []
-    for ch in text:
+    for i, ch in enumerate(text):
         attached = ch in _JOINERS or unicodedata.category(ch).startswith("M")
         if attached and flags:
             flags.append(flags[-1])
+        elif text.startswith(_KEYCAP, i + 1) or text.startswith("\ufe0f" + _KEYCAP, i + 1):
+            flags.append(is_unknown(_KEYCAP))  # "1️⃣": a digit, # or * on a keycap is an emoji, not a digit
         else:
             flags.append(unicodedata.category(ch) in _HELD_CATEGORIES and is_unknown(ch))
     return flags

@@ -2,31 +2,42 @@
 
 from __future__ import annotations
 
+import codecs
 import gzip
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from seqformer.errors import DataError
 
 
-def open_text(path: Path):
-    """Open plain or gzipped UTF-8 text for reading."""
+def open_binary(path: Path):
+    """Open a plain or gzipped file for reading bytes."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    # utf-8-sig: a byte-order mark (Windows editors) is dropped, not glued to the first sentence.
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8-sig", newline="\n")
-    return open(path, encoding="utf-8-sig", newline="\n")
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def decode_lines(raw: Iterable[bytes], name: str) -> Iterator[str]:
+    """UTF-8 lines without their line endings; a bad byte is reported with its line and column.
+
+    A byte-order mark (Windows editors) at the start is dropped, not glued to the first sentence.
+    """
+    for lineno, line in enumerate(raw, start=1):
+        if lineno == 1 and line.startswith(codecs.BOM_UTF8):
+            line = line[len(codecs.BOM_UTF8):]
+        try:
+            yield line.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{name}:{lineno}: not valid UTF-8 ({err.reason} at byte {err.start + 1} of the line)"
+                            ) from None
 
 
 def read_lines(path: Path) -> list[str]:
-    """All lines of a text file without their line endings."""
+    """All lines of a plain or gzipped UTF-8 text file without their line endings."""
     try:
-        with open_text(path) as f:
-            return [line.rstrip("\r\n") for line in f]
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
+        with open_binary(path) as f:
+            return list(decode_lines(f, str(path)))
     except (OSError, EOFError) as err:
         raise DataError(f"{path}: cannot read ({err})") from None
 
