@@ -72,6 +72,26 @@ def test_dict_round_trip(cfg):
     assert from_dict(type(cfg), data) == cfg
 
 
+@pytest.mark.parametrize(("cls", "data", "message"), [
+    (TrainConfig, {"lr": "0.001"}, "TrainConfig.lr: expected a number, found '0.001'"),
+    (TrainConfig, {"max_steps": 1.5}, "TrainConfig.max_steps: expected an integer, found 1.5"),
+    (TrainConfig, {"max_steps": True}, "TrainConfig.max_steps: expected an integer, found True"),
+    (TrainConfig, {"adam_betas": 0.9}, "TrainConfig.adam_betas: expected a list, found 0.9"),
+    (ModelConfig, {"pre_norm": 1}, "ModelConfig.pre_norm: expected true or false, found 1"),
+    (ModelConfig, {"activation": None}, "ModelConfig.activation: expected a string, found None"),
+    (DecodeConfig, {"seed": "7"}, "DecodeConfig.seed: expected an integer, found '7'"),
+])
+def test_a_value_of_the_wrong_json_type_names_the_field(cls, data, message):
+    with pytest.raises(ConfigError) as err:
+        from_dict(cls, data)
+    assert str(err.value) == message
+
+
+def test_json_values_of_the_right_type_are_accepted():
+    assert from_dict(TrainConfig, {"lr": 1, "adam_betas": [0.9, 0.99]}).lr == 1  # an integer is a number
+    assert from_dict(DecodeConfig, {"seed": None}).seed is None and from_dict(DecodeConfig, {"seed": 3}).seed == 3
+
+
 def test_unknown_keys_are_rejected():
     with pytest.raises(ConfigError, match="unknown ModelConfig field.*d_modle"):
         from_dict(ModelConfig, {"d_modle": 64})

@@ -85,6 +85,7 @@ def test_invalid_utf8_on_stdin_is_a_one_line_error(model_dir):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["translate", "--threads", "-1", "a"], "--threads must be >= 0"),
+    (["translate", "--attention", "a"], "give --json too"),
     (["translate", "--output", "{tmp}", "a"], "is a folder"),
     (["evaluate", "--src", "{tmp}/empty.txt", "--ref", "{tmp}/empty.txt"], "empty.txt: no lines to evaluate"),
 ])

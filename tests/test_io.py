@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from seqformer.config import FORMAT_VERSION, DecodeConfig
 from seqformer.decoding import generate
-from seqformer.errors import ConfigError, ModelDirError
+from seqformer.errors import ModelDirError
 from seqformer.io import export_state, import_state, read_model_dir
 from seqformer.model.transformer import Seq2SeqTransformer
 from seqformer.translator import Translator
@@ -93,7 +93,7 @@ def test_unknown_format_version_is_rejected(tmp_path, random_model, spm_file):
     assert config["format_version"] == FORMAT_VERSION
     config["format_version"] = FORMAT_VERSION + 1
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ConfigError, match="format_version"):
+    with pytest.raises(ModelDirError, match=r"m/config.json: unsupported model format_version"):
         Translator.load(tmp_path / "m")
 
 

@@ -96,6 +96,8 @@ def _as_json(text: str, nbest: list, with_attention: bool) -> str:
 
 
 def translate(args: argparse.Namespace) -> int:
+    if args.attention and not args.json:
+        raise ConfigError("--attention adds the cross-attention to --json output: give --json too")
     _check_output(args.output)
     translator = _translator(args)
     cfg = _decode_config(args)

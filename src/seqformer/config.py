@@ -10,7 +10,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 from seqformer.errors import ConfigError
 
@@ -177,6 +177,25 @@ class DecodeConfig:
         _check(self.batch_size >= 1, f"batch_size must be >= 1, found {self.batch_size}")
 
 
+def _expected_type(hint: Any, value: Any) -> str:
+    """'' when ``value`` fits the field type ``hint`` (as JSON spells it), else the type's name."""
+    if type(None) in get_args(hint):  # X | None
+        if value is None:
+            return ""
+        hint = next(a for a in get_args(hint) if a is not type(None))
+    if hint is bool:
+        return "" if isinstance(value, bool) else "true or false"
+    if hint is int:
+        return "" if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if hint is float:
+        return "" if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
+    if hint is str:
+        return "" if isinstance(value, str) else "a string"
+    if get_origin(hint) is tuple:
+        return "" if isinstance(value, (list, tuple)) else "a list"
+    return ""
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
@@ -189,6 +208,11 @@ def from_dict(cls: type[T], data: dict[str, Any], *, strict: bool = True) -> T:
     unknown = sorted(set(data) - known)
     if unknown and strict:
         raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+    hints = get_type_hints(cls)
+    for name in known & set(data):
+        expected = _expected_type(hints[name], data[name])
+        if expected:
+            raise ConfigError(f"{cls.__name__}.{name}: expected {expected}, found {data[name]!r}")
     try:
         return cls(**{k: v for k, v in data.items() if k in known})
     except TypeError as err:  # e.g. "lr": "0.001" or null in a JSON recipe

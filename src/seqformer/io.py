@@ -30,7 +30,7 @@ from seqformer.config import (
     to_dict,
 )
 from seqformer.data.tokenizer import Tokenizer
-from seqformer.errors import ModelDirError
+from seqformer.errors import ConfigError, ModelDirError
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -124,7 +124,11 @@ def read_model_dir(path: Path) -> ModelDir:
     path = Path(path)
     if not path.is_dir():
         raise ModelDirError(f"{path}: model directory not found")
-    data = migrate(read_json(path / "config.json"))
+    try:
+        data = migrate(read_json(path / "config.json"))
+    except ConfigError as err:
+        message = str(err)
+        raise ModelDirError(message if message.startswith(str(path)) else f"{path / 'config.json'}: {message}") from None
     for section in ("model", "tokenizer"):
         if section in data and not isinstance(data[section], dict):
             raise ModelDirError(f"{path / 'config.json'}: '{section}' must be a JSON object, "
