@@ -183,21 +183,23 @@ class MarianTranslator:
         mc = from_dict(ModelConfig, info["model"])
         return cls(MarianMTModel.from_pretrained(work), Tokenizer.load(work / src, work / tgt), mc), info
 
-    def translate(self, texts: list[str], beam_size: int = 4, batch_size: int = 32) -> list[str]:
+    def translate(self, texts: list[str], beam_size: int = 4, batch_size: int = 32,
+                  length_penalty: float = 1.0) -> list[str]:
         """As seqformer's Translator: each text split into sentences, translated, and joined with spaces."""
         segments, owner = [], []
         for i, text in enumerate(texts):
             parts = split_sentences(text.strip())
             segments.extend(parts)
             owner.extend([i] * len(parts))
-        out = self._translate_segments(segments, beam_size, batch_size)
+        out = self._translate_segments(segments, DecodeConfig(beam_size=beam_size, length_penalty=length_penalty),
+                                       batch_size)
         joined: list[list[str]] = [[] for _ in texts]
         for i, segment, hyp in zip(owner, segments, out):
             if segment:
                 joined[i].append(hyp)
         return [" ".join(parts) for parts in joined]
 
-    def _translate_segments(self, texts: list[str], beam: int, batch_size: int) -> list[str]:
+    def _translate_segments(self, texts: list[str], dc: DecodeConfig, batch_size: int) -> list[str]:
         mc = self.mc
         src = [encode_source(ids, mc.eos_id, mc.max_positions) for ids in self.tokenizer.encode_src(texts)]
         order = sorted(range(len(texts)), key=lambda i: -len(src[i]))  # longest first, as Translator
@@ -205,15 +207,15 @@ class MarianTranslator:
         for start in range(0, len(order), batch_size):
             chunk = [i for i in order[start : start + batch_size] if texts[i]]
             if chunk:
-                hyps = self._generate(pad([src[i] for i in chunk], mc.pad_id), beam)  # (B, S) in
+                hyps = self._generate(pad([src[i] for i in chunk], mc.pad_id), dc)  # (B, S) in
                 for i, text in zip(chunk, self.tokenizer.decode_tgt(hyps)):
                     out[i] = text
         return out
 
     @torch.no_grad()
-    def _generate(self, src: Tensor, beam: int) -> list[list[int]]:
+    def _generate(self, src: Tensor, dc: DecodeConfig) -> list[list[int]]:
         """Token ids (without start and </s>) of the best hypothesis for each row of src (B, S)."""
-        mc, dc = self.mc, DecodeConfig(beam_size=beam)
+        mc, beam = self.mc, dc.beam_size
         real = src.ne(mc.pad_id)  # (B, S) True = real token
         limits = max_lengths(real.sum(dim=1), dc.max_len_a, dc.max_len_b, mc.max_positions - 1)  # (B,)
         gen = GenerationConfig(num_beams=beam, do_sample=False, early_stopping=beam > 1, length_penalty=dc.length_penalty,

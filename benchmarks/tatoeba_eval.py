@@ -26,12 +26,14 @@ def load_split(path: Path) -> tuple[list[str], list[list[str]]]:
     return [r["src"] for r in rows], [r["refs"] for r in rows]
 
 
-def run(translator: Translator, src: list[str], refs: list[list[str]], beam: int, batch: int) -> dict:
+def run(translator: Translator, src: list[str], refs: list[list[str]], beam: int, batch: int,
+        length_penalty: float = 1.0) -> dict:
     start = time.perf_counter()
-    hyps = translator.translate(src, beam_size=beam, batch_size=batch)
+    hyps = translator.translate(src, beam_size=beam, batch_size=batch, length_penalty=length_penalty)
     seconds = time.perf_counter() - start
     result = score(hyps, ref_streams(refs))
-    result.update(beam_size=beam, seconds=round(seconds, 1), sentences_per_s=round(len(src) / seconds, 1))
+    result.update(beam_size=beam, length_penalty=length_penalty, seconds=round(seconds, 1),
+                  sentences_per_s=round(len(src) / seconds, 1))
     return result
 
 
@@ -41,6 +43,7 @@ def main() -> None:
     ap.add_argument("--data", default="work/tatoeba-en-fr", help="directory written by recipes/tatoeba_split.py")
     ap.add_argument("--split", choices=("dev", "test"), default="dev")
     ap.add_argument("--beams", default="1,4", help="comma-separated beam sizes")
+    ap.add_argument("--length-penalties", default="1.0", help="comma-separated length penalties (beam search)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quantize", choices=("none", "int8"), default="none")
@@ -54,7 +57,8 @@ def main() -> None:
     print(f"# {args.split}: {len(src)} English sentences, {sum(map(len, refs))} references; "
           f"model {args.model or 'bundled'}; {args.threads} threads; quantize={args.quantize}")
     for beam in (int(b) for b in args.beams.split(",")):
-        print(json.dumps(run(translator, src, refs, beam, args.batch_size)))
+        for lp in (float(x) for x in args.length_penalties.split(",")) if beam > 1 else (1.0,):
+            print(json.dumps(run(translator, src, refs, beam, args.batch_size, lp)))
 
 
 if __name__ == "__main__":
