@@ -230,12 +230,23 @@ def test_empty_input_gives_empty_output(model_dir):
     assert translator.translate([]) == []
 
 
+@pytest.mark.filterwarnings("ignore:.*outside the model's vocabulary")
 def test_unknown_characters_do_not_crash(model_dir):
     translator = Translator.load(model_dir)
     texts = ["日本語 ☃ a b", "Ω", "\u200b", "a\u0000b", "🙂" * 5]
     for options in (dict(beam_size=1), dict(beam_size=3)):
         out = translator.translate(texts, **options)
         assert len(out) == len(texts) and all(isinstance(t, str) for t in out)
+
+
+def test_letters_the_vocabulary_cannot_spell_are_named_in_one_warning(model_dir):
+    translator = Translator.load(model_dir)
+    with pytest.warns(UserWarning, match=r"^3 character\(s\) outside the model's vocabulary .*: 日本語$") as record:
+        translator.translate(["日本語 ☃ a b", "本 c d"])  # the snowman is a symbol: held out and copied, not lost
+    assert len(record) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        translator.translate(["a b c", "d e ☃"])
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -112,6 +112,7 @@ class Translator:
                             per_head: bool = False) -> list[list[Translation]]:
         ids = self.tokenizer.encode_src(texts)
         eos = self.model.cfg.eos_id
+        self._warn_unknown(texts, ids)
         for t, seq in zip(texts, ids):
             if len(seq) + 1 > self.max_src_len:
                 warnings.warn(f"input of {len(seq)} subwords truncated to {self.max_src_len - 1}: {t[:40]!r}...",
@@ -128,6 +129,15 @@ class Translator:
             for i, nbest in zip(chunk, hyps):
                 out[i] = [self._to_translation(h, src[i], need_attention, per_head) for h in nbest]
         return out
+
+    def _warn_unknown(self, texts: list[str], ids: list[list[int]]) -> None:
+        """One warning per call naming the characters that reach the model as <unk> (and so are lost)."""
+        unk = self.model.cfg.unk_id
+        lost = {ch for t, seq in zip(texts, ids) if unk in seq for ch in t if not ch.isspace() and self._src_unknown(ch)}
+        if lost:
+            shown = "".join(sorted(lost)[:20]) + ("..." if len(lost) > 20 else "")
+            warnings.warn(f"{len(lost)} character(s) outside the model's vocabulary reach it as <unk> "
+                          f"and will be missing from the translation: {shown}", stacklevel=4)
 
     def _to_translation(self, hyp: Hypothesis, src_ids: list[int], need_attention: bool,
                         per_head: bool = False) -> Translation:
