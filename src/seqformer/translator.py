@@ -72,7 +72,10 @@ class Translator:
         model.eval()
         if quantize == "int8":
             model.untie_output()  # so that the output projection is quantized too
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            with warnings.catch_warnings():  # PyTorch >= 2.10 warns that this API moves to torchao; it still works
+                warnings.filterwarnings("ignore", message=r"(?s).*torch\.ao\.quantization is deprecated")
+                warnings.filterwarnings("ignore", message=r"(?s).*quantized tensor creation functions")
+                model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         else:
             model.transpose_output()
         return cls(model, mdir)
