@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from seqformer.translator import Translation
 
+_OPENERS = "\"'“«([¿¡"  # what may open a sentence before its first letter
 # A boundary candidate is end punctuation (optionally closed by a quote or bracket) followed by whitespace
-# and a letter or digit of any script or case (optionally after an opening quote or bracket), or a CJK full
-# stop, exclamation or question mark (which needs no space after it).
+# and a letter or digit of any script or case (optionally after an opener), or a CJK full stop,
+# exclamation or question mark (which needs no space after it).
 _BOUNDARY = re.compile(
-    r"(?P<end>[.!?…][\"'”»)\]]*)\s+(?=[\"'“«(\[¿¡]?[^\W_])"
+    rf"(?P<end>[.!?…][\"'”»)\]]*)\s+(?=[{re.escape(_OPENERS)}]?[^\W_])"
     r"|(?P<cjk>[。！？][\"'”»)\]」』]*)\s*(?=\S)"
 )
 # Words whose period is not a sentence end: titles and abbreviations that do not end sentences (words
@@ -25,9 +26,9 @@ _ABBREVIATIONS = frozenset(
 _DOTTED = re.compile(r"(?:[^\W\d_]\.)*[^\W\d_]")
 
 
-def _is_abbreviation(before: str) -> bool:
-    """Whether the word that ends ``before`` (the text up to a period) is an abbreviation."""
-    word = before.rsplit(None, 1)[-1].lstrip("\"'“«([¿¡") if before.strip() else ""
+def _is_abbreviation(text: str, period: int) -> bool:
+    """Whether the word before ``text[period]`` (a period; words are single-space separated) is an abbreviation."""
+    word = text[text.rfind(" ", 0, period) + 1 : period].lstrip(_OPENERS)
     if word.lower() in _ABBREVIATIONS:
         return True
     if len(word) == 1:
@@ -36,7 +37,7 @@ def _is_abbreviation(before: str) -> bool:
 
 
 def _next_letter(text: str, m: re.Match) -> str:
-    return text[m.end()].lstrip("\"'“«([¿¡") or text[m.end() + 1 : m.end() + 2]
+    return text[m.end()].lstrip(_OPENERS) or text[m.end() + 1 : m.end() + 2]
 
 
 def split_sentences(text: str) -> list[str]:
@@ -51,13 +52,14 @@ def split_sentences(text: str) -> list[str]:
     sentences, start = [], 0
     for m in _BOUNDARY.finditer(text):
         end = m.group("end")
-        if end and end[0] == "." and _is_abbreviation(text[: m.start()]):
+        if end and end[0] == "." and _is_abbreviation(text, m.start()):
             continue
-        if end and (end[0] == "…" or text[m.start() - 2 : m.start()] == "..") and _next_letter(text, m).islower():
-            continue  # "Wait... what?": an ellipsis before a lower-case word is a pause, not an end
-        if end and len(end) > 1 and _next_letter(text, m).islower():
-            continue  # '"Why?" she asked.': a quotation closed inside the sentence
-        sentences.append(text[start : m.end("end") if m.group("end") else m.end("cjk")])
+        # Before a lower-case word, neither an ellipsis ("Wait... what?") nor a quotation closed inside
+        # the sentence ('"Why?" she asked.') ends it.
+        pause = end and (len(end) > 1 or end[0] == "…" or text[m.start() - 2 : m.start()] == "..")
+        if pause and _next_letter(text, m).islower():
+            continue
+        sentences.append(text[start : m.end(m.lastgroup)])
         start = m.end()
     sentences.append(text[start:])
     return [s.strip() for s in sentences if s.strip()]
