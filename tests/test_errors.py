@@ -103,7 +103,7 @@ def test_a_config_section_that_is_not_an_object_is_a_model_dir_error(model_dir, 
     config[section] = None if section == "model" else "spm.model"
     (broken / "config.json").write_text(json.dumps(config))
     assert call_main("translate", "--model", broken, "a") == 1
-    assert f"config.json: '{section}' must be a JSON object" in _one_line_error(capsys.readouterr().err)
+    assert f"config.json: section '{section}' must be a JSON object" in _one_line_error(capsys.readouterr().err)
 
 
 def test_a_recipe_section_that_is_not_an_object_is_a_config_error(tmp_path, capsys):

@@ -243,16 +243,21 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def check_sections(data: dict[str, Any], names: tuple[str, ...], path: Path) -> None:
+    """Each of ``names`` that ``data`` (read from ``path``) has must be a JSON object."""
+    for name in names:
+        if name in data and not isinstance(data[name], dict):
+            raise ConfigError(f"{path}: section '{name}' must be a JSON object, found {type(data[name]).__name__}")
+
+
 def load_recipe(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """A JSON recipe: ``{"train": {TrainConfig fields}, "model": {ModelConfig fields}}``."""
     data = read_json(Path(path))
     unknown = sorted(set(data) - {"train", "model"})
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {unknown}; expected 'train' and 'model'")
+    check_sections(data, ("train", "model"), path)
     train_fields, model_fields = data.get("train", {}), data.get("model", {})
-    for name, section in (("train", train_fields), ("model", model_fields)):
-        if not isinstance(section, dict):
-            raise ConfigError(f"{path}: section '{name}' must be a JSON object, found {type(section).__name__}")
     from_dict(TrainConfig, train_fields)  # validate names and values early
     bad = sorted(set(model_fields) - {f.name for f in fields(ModelConfig)})
     if bad:

@@ -24,6 +24,7 @@ from torch import nn
 from seqformer.config import (
     FORMAT_VERSION,
     ModelConfig,
+    check_sections,
     from_dict,
     migrate,
     read_json,
@@ -126,13 +127,10 @@ def read_model_dir(path: Path) -> ModelDir:
         raise ModelDirError(f"{path}: model directory not found")
     try:
         data = migrate(read_json(path / "config.json"))
+        check_sections(data, ("model", "tokenizer"), path / "config.json")
     except ConfigError as err:
         message = str(err)
         raise ModelDirError(message if message.startswith(str(path)) else f"{path / 'config.json'}: {message}") from None
-    for section in ("model", "tokenizer"):
-        if section in data and not isinstance(data[section], dict):
-            raise ModelDirError(f"{path / 'config.json'}: '{section}' must be a JSON object, "
-                                f"found {type(data[section]).__name__}")
     try:
         model_cfg = from_dict(ModelConfig, data["model"])
         tok = data["tokenizer"]
