@@ -130,6 +130,13 @@ def test_a_cooldown_needs_a_max_steps_to_end_at(fields):
         TrainConfig(**fields)
 
 
+def test_a_cooldown_cannot_start_inside_the_warmup():
+    """It would fall from the still-warming-up rate (update 0: lr/warmup), training far slower than asked."""
+    assert TrainConfig(lr=1e-3, warmup_steps=10, max_steps=100, cooldown_steps=90).cooldown_steps == 90
+    with pytest.raises(ConfigError, match="inside the 10 warmup updates.*<= max_steps - warmup_steps = 90"):
+        TrainConfig(lr=1e-3, warmup_steps=10, max_steps=100, cooldown_steps=91)
+
+
 def test_a_different_seed_gives_a_different_curve(tmp_path, spm_file):
     """The resume oracle above is not vacuous: dropout and batch order really depend on the RNG."""
     a = seqformer.train(_resume_config(tmp_path, spm_file, "a", 3), RESUME_MODEL, progress=False)

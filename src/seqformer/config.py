@@ -143,6 +143,10 @@ class TrainConfig:
         _check(self.cooldown_steps == 0 or 0 < self.cooldown_steps <= self.max_steps,
                f"cooldown_steps needs max_steps (the cool-down ends there) and must be >= 0 and <= max_steps, "
                f"found cooldown_steps={self.cooldown_steps}, max_steps={self.max_steps}")
+        _check(self.cooldown_steps == 0 or self.max_steps - self.cooldown_steps >= self.warmup_steps,
+               f"the cool-down would start at update {self.max_steps - self.cooldown_steps}, inside the "
+               f"{self.warmup_steps} warmup updates (and from a learning rate still warming up): "
+               f"cooldown_steps must be <= max_steps - warmup_steps = {self.max_steps - self.warmup_steps}")
         _check(self.max_len > 2, f"max_len must be > 2, found {self.max_len}")
         _check(self.spm_model_type in ("unigram", "bpe"), "spm_model_type must be unigram or bpe")
         object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
