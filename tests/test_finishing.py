@@ -75,6 +75,19 @@ def test_early_stopping_keeps_the_best_model(data_dir, tmp_path, monkeypatch):
     assert info["step"] == 4 and info["best_valid"] == -2.0  # model.safetensors is the best, not the last
 
 
+def test_the_last_checkpoint_holds_the_final_validation(data_dir, tmp_path, monkeypatch):
+    """The final validation (none in the loop at step 5) runs before the last save, so a --resume continues
+    from its best score: a later, worse check must not overwrite the best model."""
+    scores = iter([2.0, 1.0])  # valid NLL: check at step 4, then the final one at step 5 (the best)
+    monkeypatch.setattr(trainer_mod, "validate", lambda *a, **k: {"valid_nll": next(scores)})
+    cfg = tiny_config(data_dir, tmp_path / "run", valid=str(data_dir / "valid.tsv"), valid_every=4, save_every=100,
+                      max_steps=5, valid_bleu_lines=0)
+    train(cfg, progress=False)
+    path, _, meta = ckpt.load_latest(tmp_path / "run" / "checkpoints")
+    state = json.loads(meta["state"])
+    assert path.name == "ckpt-00000005.safetensors" and state["best_metric"] == -1.0 and state["bad_validations"] == 0
+
+
 def test_init_from_starts_from_a_model_directory_with_its_tokenizer_and_architecture(run_dir, data_dir, tmp_path):
     # A different preset and no tokenizer in the recipe: both come from the model directory.
     cfg = tiny_config(data_dir, tmp_path / "more", max_steps=1, init_from=str(run_dir), tokenizer="", preset="small")

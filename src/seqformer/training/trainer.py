@@ -289,16 +289,19 @@ class Trainer:
             self.save()
 
     def finish(self) -> None:
-        if self._saved_step != self.state.step:
+        """Validate the final weights (unless the loop just did, or a signal stopped the run), then save, so
+        the last checkpoint holds that validation's best score and patience count for a later --resume."""
+        step = self.state.step
+        validate_now = self.stop_signal is None and self.valid_examples and self._validated_step != step
+        if validate_now:
+            metrics = self.run_validation()
+            self.runlog.write({"step": step, "final": True, **metrics})
+        if validate_now or self._saved_step != step:
             self.save()
         if self.stop_signal is not None:
-            log.warning("stopped by signal %d at step %d; continue with --resume", self.stop_signal, self.state.step)
-            return
-        if not self.valid_examples:
+            log.warning("stopped by signal %d at step %d; continue with --resume", self.stop_signal, step)
+        elif not self.valid_examples:
             self.write_model()
-        elif self._validated_step != self.state.step:  # the loop may just have validated these weights
-            metrics = self.run_validation()
-            self.runlog.write({"step": self.state.step, "final": True, **metrics})
 
 
 def _existing_model_config(out: Path) -> ModelConfig | None:
