@@ -102,6 +102,18 @@ def test_init_from_starts_from_a_model_directory_with_its_tokenizer_and_architec
     assert first_loss["more"] < first_loss["fresh"] and first_loss["more"] < 1.5 * trained_loss
 
 
+def test_a_max_len_beyond_the_models_positions_is_refused_before_training(run_dir, data_dir, tmp_path):
+    positions = json.loads((run_dir / "config.json").read_text())["model"]["max_positions"]
+    cfg = tiny_config(data_dir, tmp_path / "more", max_steps=1, init_from=str(run_dir), tokenizer="",
+                      max_len=positions + 1)
+    with pytest.raises(ConfigError, match=f"max_len={positions + 1} .* max_positions={positions}"):
+        train(cfg, progress=False)
+    assert not list((tmp_path / "more").glob("checkpoints/*.safetensors"))
+    with pytest.raises(ConfigError, match="max_len=40 .* max_positions=32"):
+        train(tiny_config(data_dir, tmp_path / "fresh", max_steps=1, max_len=40), {"max_positions": 32}, progress=False)
+    train(replace(cfg, max_len=positions, out=str(tmp_path / "ok")), progress=False)  # the longest allowed
+
+
 def test_init_from_rejects_a_recipe_with_another_architecture(run_dir, data_dir, tmp_path):
     d_model = json.loads((run_dir / "config.json").read_text())["model"]["d_model"]
     cfg = tiny_config(data_dir, tmp_path / "more", max_steps=1, init_from=str(run_dir), tokenizer="")

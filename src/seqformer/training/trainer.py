@@ -365,6 +365,9 @@ def _make_trainer(cfg: TrainConfig, overrides: dict[str, Any], resume: bool, pro
         prepare_out(out, resume)
         data = prepare(cfg, out)
         model_cfg = (_existing_model_config(out) if resume else None) or init_cfg or build_model_config(cfg, data, overrides)
+        if cfg.max_len > model_cfg.max_positions:  # a long batch would stop the run hours in
+            raise ConfigError(f"max_len={cfg.max_len} subwords exceeds the model's max_positions="
+                              f"{model_cfg.max_positions}: lower --max-len to {model_cfg.max_positions}")
         write_config(out, model_cfg, data.spm_files[0], data.spm_files[1], cfg.src_lang, cfg.tgt_lang)
         return data, model_cfg
 
