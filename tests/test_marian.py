@@ -177,3 +177,35 @@ def test_threads_and_int8(marian, tmp_path, capsys):
     finally:
         torch.set_num_threads(threads)
     assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+def test_fine_tuning_an_imported_model_keeps_its_ids(marian, tmp_path):
+    """--init-from an imported OPUS-MT model trains on the model's own piece ids (vocab.json, not
+    SentencePiece's), with its </s>, and writes a directory that keeps that mapping and the language tags:
+    one update at a negligible learning rate translates exactly as the imported model does."""
+    from marian_fixture import TGT_WORDS
+
+    from seqformer.config import TrainConfig
+    from seqformer.io import read_model_dir
+    from seqformer.training.data import prepare
+    from seqformer.training.trainer import train
+
+    path, _, _ = marian
+    imported = tmp_path / "imported"
+    assert main(["import-marian", str(path), str(imported)]) == 0
+    srcs, tgts = [">>fra<< " + s for s in sentences(SRC_WORDS, 12, seed=21)], sentences(TGT_WORDS, 12, seed=22)
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text("".join(f"{s}\t{t}\n" for s, t in zip(srcs, tgts)), encoding="utf-8")
+    cfg = TrainConfig(train=str(tsv), out=str(tmp_path / "tuned"), init_from=str(imported), max_steps=1, lr=1e-9,
+                      precision="fp32", max_tokens=256, max_len=64, log_every=1)
+    train(cfg, progress=False)
+
+    source = read_model_dir(imported)
+    (tmp_path / "scratch").mkdir()
+    data = prepare(cfg, tmp_path / "scratch", init=source)
+    want = [ids + [source.model_cfg.eos_id] for ids in source.tokenizer.encode_src(srcs)]
+    assert sorted(s for s, _ in data.train) == sorted(want)
+    assert sorted(t for _, t in data.train) == sorted(source.tokenizer.encode_tgt(tgts))
+    tuned = Translator.load(tmp_path / "tuned")
+    assert tuned.dir.meta["tokenizer"].get("lang_tags") is True
+    assert tuned.translate(TEXTS, beam_size=2) == Translator.load(imported).translate(TEXTS, beam_size=2)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from seqformer.config import TrainConfig
 from seqformer.data.batching import Example
 from seqformer.data.corpus import drop_empty, read_parallel
 from seqformer.data.tokenizer import EOS, Tokenizer, train_sentencepiece
 from seqformer.errors import DataError
-from seqformer.io import copy_tokenizer
+from seqformer.io import ModelDir, copy_tokenizer
 
 log = logging.getLogger("seqformer")
 
@@ -22,6 +23,7 @@ class PreparedData:
     spm_files: tuple[str, str]  # file names inside the output directory (src, tgt)
     train: list[Example]
     valid: list[tuple[str, str]]
+    tokenizer_extra: dict[str, Any] = field(default_factory=dict)  # an imported model's vocab tables / lang tags
 
 
 def _tokenizer_files(cfg: TrainConfig, out: Path, pairs: list[tuple[str, str]], write: bool) -> tuple[str, str]:
@@ -47,23 +49,39 @@ def _tokenizer_files(cfg: TrainConfig, out: Path, pairs: list[tuple[str, str]], 
     return "src.spm", "tgt.spm"
 
 
-def encode_pairs(tok: Tokenizer, pairs: list[tuple[str, str]], max_len: int) -> list[Example]:
+def _init_tokenizer(init: ModelDir, out: Path, write: bool) -> tuple[Tokenizer, tuple[str, str], dict[str, Any]]:
+    """The tokenizer of an --init-from model directory, copied into ``out``: its SentencePiece models and,
+    for an imported Marian model, its own piece -> id tables and language tags (the weights' ids)."""
+    section = init.meta["tokenizer"]
+    files = [k for k in ("src", "tgt", "src_vocab", "tgt_vocab") if section.get(k)]
+    if write:
+        copy_tokenizer([init.path / section[k] for k in files], out)
+    local = {**section, **{k: Path(section[k]).name for k in files}}
+    extra = {k: local[k] for k in ("src_vocab", "tgt_vocab", "lang_tags") if k in local}
+    return Tokenizer.from_config(out, local), (local["src"], local["tgt"]), extra
+
+
+def encode_pairs(tok: Tokenizer, pairs: list[tuple[str, str]], max_len: int, eos_id: int = EOS) -> list[Example]:
     """Encode and drop pairs longer than ``max_len`` subwords on either side (counted in the log)."""
     src_ids = tok.encode_src([s for s, _ in pairs])
     tgt_ids = tok.encode_tgt([t for _, t in pairs])
-    examples = [(s + [EOS], t) for s, t in zip(src_ids, tgt_ids) if len(s) < max_len and len(t) < max_len]
+    examples = [(s + [eos_id], t) for s, t in zip(src_ids, tgt_ids) if len(s) < max_len and len(t) < max_len]
     if len(examples) < len(pairs):
         log.info("dropped %d pairs longer than max_len=%d", len(pairs) - len(examples), max_len)
     return examples
 
 
-def prepare(cfg: TrainConfig, out: Path, write: bool = True) -> PreparedData:
-    """Read and encode the corpus; ``write=False`` (ranks other than 0) only loads the tokenizer rank 0 wrote."""
+def prepare(cfg: TrainConfig, out: Path, write: bool = True, init: ModelDir | None = None) -> PreparedData:
+    """Read and encode the corpus; ``write=False`` (ranks other than 0) only loads the tokenizer rank 0 wrote.
+    ``init``: the --init-from model directory, whose tokenizer and end-of-sentence id the data then uses."""
     pairs = list(drop_empty(read_parallel(cfg.train, cfg.src_lang, cfg.tgt_lang)))
     if not pairs:
         raise DataError(f"{cfg.train}: no non-empty sentence pairs")
     valid = read_parallel(cfg.valid, cfg.src_lang, cfg.tgt_lang) if cfg.valid else []
     valid = list(drop_empty(valid))
+    if init is not None:
+        tok, names, extra = _init_tokenizer(init, out, write)
+        return PreparedData(tok, names, encode_pairs(tok, pairs, cfg.max_len, init.model_cfg.eos_id), valid, extra)
     src_name, tgt_name = _tokenizer_files(cfg, out, pairs, write)
     tok = Tokenizer.load(out / src_name, out / tgt_name)
     return PreparedData(tok, (src_name, tgt_name), encode_pairs(tok, pairs, cfg.max_len), valid)

@@ -20,7 +20,15 @@ from tqdm import tqdm
 from seqformer.config import PRESETS, ModelConfig, TrainConfig, from_dict, read_json, to_dict
 from seqformer.data.batching import Batch, bucket_batches, collate
 from seqformer.errors import ConfigError, DataError, ModelDirError, SeqformerError
-from seqformer.io import atomic_write_text, import_state, load_weights, read_model_dir, save_weights, write_config
+from seqformer.io import (
+    ModelDir,
+    atomic_write_text,
+    import_state,
+    load_weights,
+    read_model_dir,
+    save_weights,
+    write_config,
+)
 from seqformer.model.transformer import Seq2SeqTransformer
 from seqformer.training import checkpoint as ckpt
 from seqformer.training import distributed
@@ -101,7 +109,7 @@ class Trainer:
         self.lengths = [(len(s), len(t) + 1) for s, t in data.train]
         # Only rank 0 validates and writes the model directory.
         main_valid = data.valid if self.dist.is_main else []
-        self.valid_examples = encode_pairs(data.tokenizer, main_valid, cfg.max_len) if main_valid else []
+        self.valid_examples = encode_pairs(data.tokenizer, main_valid, cfg.max_len, model_cfg.eos_id) if main_valid else []
         self.stop_signal: int | None = None
         self._bad_in_row = 0
         self._batches: tuple[int, list[list[int]]] = (-1, [])
@@ -311,7 +319,7 @@ def _existing_model_config(out: Path) -> ModelConfig | None:
     return from_dict(ModelConfig, read_json(path)["model"])
 
 
-def _init_model_dir(cfg: TrainConfig, overrides: dict[str, Any]) -> tuple[TrainConfig, ModelConfig | None]:
+def _init_model_dir(cfg: TrainConfig, overrides: dict[str, Any]) -> tuple[TrainConfig, ModelDir | None]:
     """With ``init_from``, the recipe takes that model's tokenizer files and architecture."""
     if not cfg.init_from:
         return cfg, None
@@ -324,7 +332,7 @@ def _init_model_dir(cfg: TrainConfig, overrides: dict[str, Any]) -> tuple[TrainC
     files = [str(mdir.path / tok["src"]), str(mdir.path / tok["tgt"])]
     if cfg.tokenizer and [Path(f).name for f in cfg.tokenizer.split(",")] != [Path(f).name for f in files]:
         raise ConfigError(f"--init-from {mdir.path} brings its own tokenizer: drop --tokenizer {cfg.tokenizer}")
-    return replace(cfg, tokenizer=files[0] if files[0] == files[1] else ",".join(files)), mdir.model_cfg
+    return replace(cfg, tokenizer=files[0] if files[0] == files[1] else ",".join(files)), mdir
 
 
 def train(cfg: TrainConfig, model_overrides: dict[str, Any] | None = None, resume: bool = False,
@@ -359,21 +367,23 @@ def _make_trainer(cfg: TrainConfig, overrides: dict[str, Any], resume: bool, pro
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
 
-    cfg, init_cfg = _init_model_dir(cfg, overrides)
+    cfg, init = _init_model_dir(cfg, overrides)
+    init_cfg = init.model_cfg if init else None
 
     def prepare_main() -> tuple[PreparedData, ModelConfig]:
         prepare_out(out, resume)
-        data = prepare(cfg, out)
+        data = prepare(cfg, out, init=init)
         model_cfg = (_existing_model_config(out) if resume else None) or init_cfg or build_model_config(cfg, data, overrides)
         if cfg.max_len > model_cfg.max_positions:  # a long batch would stop the run hours in
             raise ConfigError(f"max_len={cfg.max_len} subwords exceeds the model's max_positions="
                               f"{model_cfg.max_positions}: lower --max-len to {model_cfg.max_positions}")
-        write_config(out, model_cfg, data.spm_files[0], data.spm_files[1], cfg.src_lang, cfg.tgt_lang)
+        write_config(out, model_cfg, data.spm_files[0], data.spm_files[1], cfg.src_lang, cfg.tgt_lang,
+                     tokenizer_extra=data.tokenizer_extra)
         return data, model_cfg
 
     prepared = d.main_first(prepare_main)
     if prepared is None:  # another rank: rank 0 has written the tokenizer and config.json
-        prepared = prepare(cfg, out, write=False), _existing_model_config(out)
+        prepared = prepare(cfg, out, write=False, init=init), _existing_model_config(out)
     data, model_cfg = prepared
     if not data.train:
         raise DataError(f"{cfg.train}: no sentence pair is shorter than max_len={cfg.max_len} subwords")
