@@ -51,3 +51,17 @@ def test_reorder_with_sources_drops_rows_and_memory_rows():
     cache.reorder(torch.tensor([2, 3]), sources=torch.tensor([1]))
     assert torch.equal(cache.layers[1].self_k[:, :, :3], k[2:])
     assert cache.layers[1].cross_k.shape == (1, 2, 5, 3) and bool((cache.layers[1].cross_k == 1).all())
+
+
+def test_a_capacity_holds_the_whole_search_in_one_buffer():
+    """Sized by the search's length limit, the cache never regrows (each regrowth copies the whole history)."""
+    steps = 3 * GROW
+    cache = DecoderCache.empty(1, capacity=steps)
+    layer, ks = cache.layers[0], []
+    for _ in range(steps):
+        ks.append(torch.randn(2, 2, 1, 3))  # (R, H, 1, Dh)
+        got, _ = layer.append(ks[-1], ks[-1])
+        if len(ks) == 1:
+            buffer = layer.self_k.data_ptr()
+    assert layer.self_k.data_ptr() == buffer and layer.self_k.size(2) == steps
+    torch.testing.assert_close(got, torch.cat(ks, dim=2), rtol=0, atol=0)

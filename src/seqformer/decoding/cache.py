@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-# Self-attention K/V live in buffers with room for this many more positions, so a step
-# writes its new position in place instead of concatenating (copying) the whole history.
+# Self-attention K/V live in buffers with room for more positions, so a step writes its new position
+# in place instead of concatenating (copying) the whole history: room for the search's length limit
+# when it says one (``capacity``), else for this many more positions at a time.
 GROW = 16
 
 
@@ -26,6 +27,7 @@ class LayerCache:
     length: int = 0  # filled positions of self_k / self_v
     cross_k: Tensor | None = None  # (N, H, S, Dh)
     cross_v: Tensor | None = None  # (N, H, S, Dh)
+    capacity: int = 0  # positions to make room for at the first append (0: GROW at a time)
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Add new positions k, v (R, H, T1, Dh); return all keys and values so far (R, H, length, Dh)."""
@@ -39,7 +41,7 @@ class LayerCache:
 
     def _grown(self, old: Tensor | None, new: Tensor, end: int) -> Tensor:
         r, h, _, dh = new.shape
-        buf = new.new_empty(r, h, end + GROW, dh)  # (R, H, capacity, Dh)
+        buf = new.new_empty(r, h, max(end + GROW, self.capacity), dh)  # (R, H, capacity, Dh)
         if old is not None:
             buf[:, :, : self.length] = old[:, :, : self.length]
         return buf
@@ -68,8 +70,9 @@ class DecoderCache:
     step: int = 0
 
     @classmethod
-    def empty(cls, n_layers: int) -> DecoderCache:
-        return cls(layers=[LayerCache() for _ in range(n_layers)], step=0)
+    def empty(cls, n_layers: int, capacity: int = 0) -> DecoderCache:
+        """``capacity``: the most target positions the search will decode (its length limit), if known."""
+        return cls(layers=[LayerCache(capacity=capacity) for _ in range(n_layers)], step=0)
 
     def reorder(self, rows: Tensor, sources: Tensor | None = None) -> None:
         """Keep rows ``rows`` (R',) of the self-attention cache and rows ``sources`` (N',) of the

@@ -31,7 +31,7 @@ def reference_attention(
     ``attend``), so it supports attention dropout too.
     """
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, S)
-    if causal:
+    if causal and scores.size(-2) > 1:  # one query (a cached step) sees every key: nothing to mask
         t, s = scores.shape[-2:]
         # Query i sits at absolute position s - t + i (a cache may hold s - t earlier keys).
         future = torch.ones(t, s, dtype=torch.bool, device=q.device).triu(s - t + 1)  # (T, S)

@@ -100,7 +100,8 @@ class DecoderLayer(nn.Module):
             ck, cv = cache.cross_k, cache.cross_v
         else:
             ck, cv = self.cross_attn.project_kv(memory)  # (B, H, S, Dh)
-            if cache is not None:
+            if cache is not None:  # contiguous once per sentence, so no step copies them for its products
+                ck, cv = ck.contiguous(), cv.contiguous()
                 cache.cross_k, cache.cross_v = ck, cv
         attn, weights = self.cross_attn.attend(h, ck, cv, key_pad_mask=src_pad_mask, need_weights=need_weights)
         x = self.cross_attn_res.outer(x, attn)  # (B, T, D)

@@ -143,8 +143,9 @@ class Seq2SeqTransformer(nn.Module):
         """Logits (B, T, V) for every target position, given the shifted target ``tgt_in`` (B, T)."""
         return self.project(self.decode(self.encode(src, src_pad_mask), src_pad_mask, tgt_in))
 
-    def new_cache(self) -> DecoderCache:
-        return DecoderCache.empty(len(self.decoder.layers))
+    def new_cache(self, capacity: int = 0) -> DecoderCache:
+        """An empty decoding cache; ``capacity``: the most steps the search will take, if known."""
+        return DecoderCache.empty(len(self.decoder.layers), capacity)
 
     def decode_step(
         self,
