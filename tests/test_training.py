@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 import seqformer
 from seqformer import TrainConfig, Translator
 from seqformer.data.batching import bucket_batches, collate
-from seqformer.errors import ConfigError
+from seqformer.errors import ConfigError, TrainingStopped
 from seqformer.training import checkpoint as ckpt
 from seqformer.training.average import average_checkpoints
 from seqformer.training.optim import batch_loss, inverse_sqrt_lr, scheduled_lr, smoothed_loss
@@ -77,7 +77,8 @@ def test_resumed_run_reproduces_the_uninterrupted_run(tmp_path, spm_file, monkey
             return stats
 
         monkeypatch.setattr(Trainer, "train_step", train_step)
-        seqformer.train(_resume_config(tmp_path, spm_file, "parts", 2 * k), RESUME_MODEL, progress=False)
+        with pytest.raises(TrainingStopped, match=f"stopped by signal {int(signal.SIGINT)} at step {k}"):
+            seqformer.train(_resume_config(tmp_path, spm_file, "parts", 2 * k), RESUME_MODEL, progress=False)
         monkeypatch.undo()
         assert not (tmp_path / "parts" / "model.safetensors").exists()  # a stopped run writes no model
     parts = tmp_path / "parts"

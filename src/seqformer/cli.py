@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from seqformer.config import DecodeConfig, ModelConfig, TrainConfig
-from seqformer.errors import SeqformerError
+from seqformer.errors import SeqformerError, TrainingStopped
 
 _DECODE_SKIP = {"seed"}
 _TRAIN_POSITIONAL = {"train", "valid", "out"}
@@ -132,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return getattr(commands, args.command.replace("-", "_"))(args)
+    except TrainingStopped as err:  # not an error, but not finished either: a script must not go on as if it were
+        print(f"seqformer: {err}", file=sys.stderr)
+        return 128 + err.signum
     except SeqformerError as err:
         print(f"seqformer: error: {err}", file=sys.stderr)
         return 1

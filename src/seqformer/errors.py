@@ -15,3 +15,11 @@ class DataError(SeqformerError):
 
 class ModelDirError(SeqformerError):
     """A missing or corrupt model directory or checkpoint."""
+
+
+class TrainingStopped(SeqformerError):
+    """Training was stopped by SIGINT/SIGTERM after saving a checkpoint: not finished, but resumable."""
+
+    def __init__(self, signum: int, step: int) -> None:
+        super().__init__(f"stopped by signal {signum} at step {step}; checkpoint saved, continue with --resume")
+        self.signum = signum

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from seqformer.config import PRESETS, ModelConfig, TrainConfig, from_dict, read_json, to_dict
 from seqformer.data.batching import Batch, bucket_batches, collate
-from seqformer.errors import ConfigError, DataError, ModelDirError, SeqformerError
+from seqformer.errors import ConfigError, DataError, ModelDirError, SeqformerError, TrainingStopped
 from seqformer.io import (
     ModelDir,
     atomic_write_text,
@@ -306,9 +306,7 @@ class Trainer:
             self.runlog.write({"step": step, "final": True, **metrics})
         if validate_now or self._saved_step != step:
             self.save()
-        if self.stop_signal is not None:
-            log.warning("stopped by signal %d at step %d; continue with --resume", self.stop_signal, step)
-        elif not self.valid_examples:
+        if self.stop_signal is None and not self.valid_examples:
             self.write_model()
 
 
@@ -340,6 +338,7 @@ def train(cfg: TrainConfig, model_overrides: dict[str, Any] | None = None, resum
     """Train a model into ``cfg.out`` (a model directory); returns its path.
 
     Under ``torchrun`` each process calls this; rank 0 prepares the directory and tokenizer first.
+    Raises :class:`TrainingStopped` when SIGINT/SIGTERM stopped the run (after saving a checkpoint).
     """
     if not cfg.out:
         raise ConfigError("an output directory is required (--out)")
@@ -358,6 +357,8 @@ def train(cfg: TrainConfig, model_overrides: dict[str, Any] | None = None, resum
         d.barrier()
     finally:
         distributed.shutdown(d)
+    if trainer.stop_signal is not None:
+        raise TrainingStopped(trainer.stop_signal, trainer.state.step)
     return Path(cfg.out)
 
 
