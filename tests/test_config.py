@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 from conftest import call_main
@@ -53,6 +54,12 @@ def test_configs_are_frozen(cls):
     (DecodeConfig, dict(top_p=1.5), "top_p"),
     (DecodeConfig, dict(max_len_b=0), "max_len_b"),
     (DecodeConfig, dict(batch_size=0), "batch_size"),
+    # values float32 cannot carry through the search (they crashed it with NaN probabilities or overflow)
+    (DecodeConfig, dict(temperature=1e-320), "temperature must be a finite number >= 1e-06"),
+    (DecodeConfig, dict(temperature=math.inf), "temperature"),
+    (DecodeConfig, dict(temperature=math.nan), "temperature"),
+    (DecodeConfig, dict(length_penalty=math.nan), "length_penalty must be a finite number"),
+    (DecodeConfig, dict(max_len_a=math.inf), "max_len_a"),
 ])
 def test_bad_values_are_rejected(cls, fields, message):
     with pytest.raises(ConfigError, match=message):

@@ -359,6 +359,19 @@ def test_top_p_keeps_the_smallest_nucleus(top_p, kept):
     assert _kept(filter_logits(lp, 1.0, 0, top_p)) == kept
 
 
+def test_top_p_below_float32s_range_keeps_the_most_likely_token():
+    """1e-320 is a valid top_p but 0 in float32: the nucleus still holds the most likely token (was: nothing, NaN)."""
+    assert _kept(filter_logits(_lp(0.05, 0.5, 0.15, 0.3), 1.0, 0, 1e-320)) == [1]
+
+
+def test_huge_length_limits_are_capped_at_the_models_positions():
+    """Clamped before the cast to integers: 1e30 * length overflowed to a negative limit, then 1 token."""
+    src = torch.tensor([3, 7])
+    assert max_lengths(src, 1e30, 10, 99).tolist() == [99, 99]
+    assert max_lengths(src, 1.0, 10**20, 99).tolist() == [99, 99]
+    assert max_lengths(src, 1.2, 10, 99).tolist() == [13, 18]
+
+
 @pytest.mark.parametrize("top_k,kept", [(1, [1]), (2, [1, 3]), (3, [1, 2, 3]), (0, [0, 1, 2, 3]), (9, [0, 1, 2, 3])])
 def test_top_k_keeps_the_k_most_likely(top_k, kept):
     assert _kept(filter_logits(_lp(0.05, 0.5, 0.15, 0.3), 1.0, top_k, 1.0)) == kept

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
@@ -152,6 +153,9 @@ class TrainConfig:
         object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
 
 
+MIN_TEMPERATURE = 1e-6  # lower ones underflow to 0 in float32 (the scaled scores become inf / NaN)
+
+
 @dataclass(frozen=True)
 class DecodeConfig:
     """How to search: greedy (beam_size=1), beam search, or sampling."""
@@ -174,10 +178,13 @@ class DecodeConfig:
         _check(1 <= self.nbest, f"nbest must be >= 1, found {self.nbest}")
         if not self.sampling:
             _check(self.nbest <= self.beam_size, f"nbest ({self.nbest}) cannot exceed beam_size ({self.beam_size})")
-        _check(self.temperature > 0, f"temperature must be > 0, found {self.temperature}")
+        _check(MIN_TEMPERATURE <= self.temperature < math.inf,
+               f"temperature must be a finite number >= {MIN_TEMPERATURE} (greedy search for none), found {self.temperature}")
         _check(self.top_k >= 0, f"top_k must be >= 0, found {self.top_k}")
         _check(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], found {self.top_p}")
-        _check(self.max_len_a >= 0 and self.max_len_b >= 1, "max_len_a must be >= 0 and max_len_b >= 1")
+        _check(math.isfinite(self.length_penalty), f"length_penalty must be a finite number, found {self.length_penalty}")
+        _check(0 <= self.max_len_a < math.inf and self.max_len_b >= 1,
+               f"max_len_a must be a number >= 0 and max_len_b >= 1, found {self.max_len_a} and {self.max_len_b}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, found {self.batch_size}")
 
 

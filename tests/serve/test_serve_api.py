@@ -119,6 +119,7 @@ def test_sampling_with_seed_is_reproducible(client):
     ({"text": "x", "beam_size": 999}, "beam_size"),
     ({"text": "x", "nbest": 3, "beam_size": 2}, "nbest"),
     ({"text": "x", "temperature": 0}, "temperature"),
+    ({"text": "x", "temperature": 1e-320}, "temperature"),  # 0 in float32
     ({"text": "x", "top_p": 1.5}, "top_p"),
     ({"text": "x", "top_k": -1}, "top_k"),
     ({"text": "x", "length_penalty": -1}, "length_penalty"),
@@ -138,9 +139,18 @@ def test_bad_fields_give_422_naming_the_field(client, body, field):
     assert error["field"] == field and field in error["error"]
 
 
+@pytest.mark.parametrize("field", ["temperature", "top_p", "length_penalty"])
+@pytest.mark.parametrize("value", [b"NaN", b"Infinity"])
+def test_non_finite_numbers_give_422_not_500(client, field, value):
+    """JSON has no NaN / Infinity, but Python's parser takes them: the 422 echoing them back must still encode."""
+    body = b'{"text": "x", "sampling": true, "%s": %s}' % (field.encode(), value)
+    reply = client.post("/translate", content=body, headers={"content-type": "application/json"})
+    assert reply.status_code == 422 and reply.json()["field"] == field
+
+
 def test_invalid_json_and_unknown_route(client):
     reply = client.post("/translate", content=b"{not json", headers={"content-type": "application/json"})
-    assert reply.status_code == 422 and reply.json()["error"]
+    assert reply.status_code == 422 and reply.json()["error"] and reply.json()["field"] == "body"
     missing = client.get("/nope")
     assert missing.status_code == 404 and missing.json()["error"] == "Not Found"
 

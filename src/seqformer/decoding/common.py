@@ -19,7 +19,7 @@ class Hypothesis:
 
 def max_lengths(src_lengths: Tensor, a: float, b: int, limit: int) -> Tensor:
     """Per-sentence output length limit ``a * src_len + b``, capped at the model's positions. (B,) -> (B,)"""
-    return (src_lengths.float() * a + b).floor().long().clamp(min=1, max=limit)
+    return (src_lengths.float() * a + float(b)).clamp(min=1, max=limit).floor().long()  # clamped before the cast
 
 
 def normalise(logprob: float, length: int, alpha: float) -> float:

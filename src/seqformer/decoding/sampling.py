@@ -30,6 +30,7 @@ def filter_logits(logprobs: Tensor, temperature: float, top_k: int, top_p: float
         cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         # Drop a token when the mass before it already reaches top_p (the first token always stays).
         drop_sorted = (cum - sorted_logits.softmax(dim=-1)) >= top_p
+        drop_sorted[:, 0] = False  # even when top_p is below float32's smallest number (it becomes 0 there)
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits

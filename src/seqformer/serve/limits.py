@@ -75,7 +75,7 @@ class BodyLimit:
 
 def _field_name(loc: tuple | list) -> str | None:
     parts = [str(p) for p in loc if p != "body"]
-    if not parts:
+    if not parts or not isinstance(loc[-len(parts)], str):  # ("body", 0): a position in a body that is not JSON
         return "body"
     name = parts[0]
     for p in parts[1:]:
@@ -87,7 +87,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     errors = exc.errors()
     first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
     field = _field_name(first.get("loc", ()))
-    detail = json.loads(json.dumps(errors, default=str))  # ctx may hold exceptions
+    # ctx may hold exceptions, and an echoed input NaN / Infinity, which JSON responses cannot carry: as strings.
+    detail = json.loads(json.dumps(errors, default=str), parse_constant=str)
     return error_response(422, f"{field}: {first.get('msg', 'invalid value')}", field, detail=detail)
 
 

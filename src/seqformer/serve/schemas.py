@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
-from seqformer.config import DecodeConfig
+from seqformer.config import MIN_TEMPERATURE, DecodeConfig
 from seqformer.serve.settings import ServeConfig
 
 MAX_TEMPERATURE = 10.0
@@ -26,7 +26,7 @@ def request_model(cfg: ServeConfig, vocab_size: int) -> type[BaseModel]:
                               description="1 = greedy")),
         nbest=(int, Field(1, ge=1, le=cfg.max_nbest, description="alternatives per text (<= beam_size unless sampling)")),
         sampling=(bool, Field(False, description="sample instead of searching; nbest samples per text")),
-        temperature=(float, Field(d.temperature, gt=0, le=MAX_TEMPERATURE)),
+        temperature=(float, Field(d.temperature, ge=MIN_TEMPERATURE, le=MAX_TEMPERATURE)),
         top_k=(int, Field(d.top_k, ge=0, le=vocab_size, description="0 = no top-k filter")),
         top_p=(float, Field(d.top_p, gt=0, le=1)),
         length_penalty=(float, Field(d.length_penalty, ge=0, le=MAX_LENGTH_PENALTY)),
