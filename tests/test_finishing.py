@@ -18,6 +18,7 @@ from seqformer.errors import ConfigError
 from seqformer.io import load_weights
 from seqformer.training import checkpoint as ckpt
 from seqformer.training import trainer as trainer_mod
+from seqformer.training.average import average_checkpoints
 from seqformer.training.runlog import COLUMNS, read_log
 from seqformer.training.trainer import train
 
@@ -46,6 +47,12 @@ def test_average_cli_writes_the_tensor_mean(run_dir, tmp_path):
     config = json.loads((tmp_path / "avg" / "config.json").read_text())
     assert config["averaged_from"] == [p.name for p in paths]
     assert len(Translator.load(tmp_path / "avg").translate(["red cat runs"], beam_size=2)) == 1
+
+
+def test_averaging_more_checkpoints_than_kept_says_so(run_dir, tmp_path):
+    with pytest.warns(UserWarning, match="holds 4 checkpoint.*fewer than --last 10: averaging those 4"):
+        out = average_checkpoints(run_dir, 10, tmp_path / "avg")
+    assert len(json.loads((out / "config.json").read_text())["averaged_from"]) == 4
 
 
 def test_csv_log_has_the_jsonl_rows(run_dir):

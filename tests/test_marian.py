@@ -163,6 +163,14 @@ def test_import_cli_and_pytorch_bin(marian, tmp_path):
     assert Translator.load(legacy).translate(TEXTS, beam_size=2) == direct.translate(TEXTS, beam_size=2)
 
 
+def test_importing_into_the_hugging_face_directory_itself_is_refused(marian, tmp_path, capsys):
+    path, _, _ = marian
+    before = (path / "config.json").read_bytes()
+    assert main(["import-marian", str(path), str(path)]) == 1
+    assert "must not be the Hugging Face directory itself" in capsys.readouterr().err
+    assert (path / "config.json").read_bytes() == before and not (path / "marian_config.json").exists()
+
+
 def test_threads_and_int8(marian, tmp_path, capsys):
     path, _, _ = marian
     fp32 = Translator.load(path).translate(TEXTS, beam_size=2)
@@ -208,4 +216,8 @@ def test_fine_tuning_an_imported_model_keeps_its_ids(marian, tmp_path):
     assert sorted(t for _, t in data.train) == sorted(source.tokenizer.encode_tgt(tgts))
     tuned = Translator.load(tmp_path / "tuned")
     assert tuned.dir.meta["tokenizer"].get("lang_tags") is True
-    assert tuned.translate(TEXTS, beam_size=2) == Translator.load(imported).translate(TEXTS, beam_size=2)
+    expected = Translator.load(imported).translate(TEXTS, beam_size=2)
+    assert tuned.translate(TEXTS, beam_size=2) == expected
+    # averaging the run's checkpoints keeps the vocabulary tables too (it copied only the SentencePiece models)
+    assert main(["average", str(tmp_path / "tuned"), "--last", "1", "--out", str(tmp_path / "avg")]) == 0
+    assert Translator.load(tmp_path / "avg").translate(TEXTS, beam_size=2) == expected

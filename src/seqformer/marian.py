@@ -251,9 +251,12 @@ def load_marian(path: str | Path) -> tuple[ModelDir, Seq2SeqTransformer]:
 
 def import_marian(hf_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
     """Write ``out_dir`` as a seqformer model directory equivalent to the Marian model in ``hf_dir``."""
-    imp = read_marian(hf_dir)
-    model = build_model(imp)
     out = Path(out_dir)
+    if out.resolve() == Path(hf_dir).resolve():  # its config.json would replace the original's
+        raise ModelDirError(f"{out}: the output directory must not be the Hugging Face directory itself")
+    imp = read_marian(hf_dir)
+    original = read_json(Path(hf_dir) / "config.json")
+    model = build_model(imp)
     out.mkdir(parents=True, exist_ok=True)
     files = imp.files
     copy_tokenizer(sorted({files.src_spm, files.tgt_spm, files.vocab, files.tgt_vocab}), out)
@@ -261,5 +264,5 @@ def import_marian(hf_dir: str | Path, out_dir: str | Path, dtype: str = "float32
     write_config(out, imp.model_cfg, files.src_spm.name, files.tgt_spm.name, files.src_lang, files.tgt_lang,
                  weights_dtype=dtype, tokenizer_extra=files.config_section())
     # The original config, for provenance (generation defaults such as num_beams live there).
-    atomic_write_text(out / "marian_config.json", json.dumps(read_json(Path(hf_dir) / "config.json"), indent=2) + "\n")
+    atomic_write_text(out / "marian_config.json", json.dumps(original, indent=2) + "\n")
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -26,19 +27,25 @@ def average_tensors(paths: list[Path]) -> dict[str, torch.Tensor]:
 
 
 def average_checkpoints(run_dir: Path, last: int, out: Path | None = None, dtype: str = "float32") -> Path:
-    """Average the newest ``last`` checkpoints of ``run_dir`` into ``out`` (default: ``run_dir``)."""
+    """Average the newest ``last`` checkpoints of ``run_dir`` into ``out`` (default: ``run_dir``); the new
+    directory gets every tokenizer file the run's config names and the run's ``training.json``."""
     if last < 1:
         raise ModelDirError(f"--last must be >= 1, found {last}")
     paths = list_checkpoints(run_dir / "checkpoints")[-last:]
     if not paths:
         raise ModelDirError(f"{run_dir / 'checkpoints'}: no checkpoints to average")
+    if len(paths) < last:
+        warnings.warn(f"{run_dir / 'checkpoints'} holds {len(paths)} checkpoint(s), fewer than --last {last}: "
+                      f"averaging those {len(paths)}", stacklevel=2)
     out = Path(out) if out is not None else Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = read_json(run_dir / "config.json")
     model = Seq2SeqTransformer(from_dict(ModelConfig, config["model"]))
     import_state(model, average_tensors(paths), f"average of {len(paths)} checkpoints")
     if out.resolve() != Path(run_dir).resolve():
-        for name in {config["tokenizer"]["src"], config["tokenizer"]["tgt"]}:
+        tok = config["tokenizer"]
+        names = {tok[k] for k in ("src", "tgt", "src_vocab", "tgt_vocab") if tok.get(k)}  # vocab: imported models
+        for name in sorted(names | ({"training.json"} if (run_dir / "training.json").is_file() else set())):
             shutil.copyfile(run_dir / name, out / name)
     config["weights_dtype"] = dtype
     config["averaged_from"] = [p.name for p in paths]
