@@ -71,6 +71,8 @@ def render(translator: Translator, text: str, out: Path, layer: int | None = Non
     if not nbest:
         raise ConfigError("nothing to translate: the text is empty")
     best = nbest[0]
+    if best.attention is None and best.head_attention is None:  # only symbols that bypass the model
+        raise ConfigError("no attention to plot: the text holds only symbols copied past the model (emoji, ...)")
     matrix = attention_matrix(best, layer, head)
     which = "average" if not per_head else f"layer {'avg' if layer is None else layer}, head {'avg' if head is None else head}"
     shown = best.text if len(best.text) <= 60 else best.text[:57] + "..."

@@ -57,3 +57,10 @@ def test_cli_rejects_a_missing_layer(tiny_model_dir, tmp_path, capsys):
     assert main(["attention", TEXT, "--out", str(tmp_path / "x.png"), "--model", str(tiny_model_dir),
                  "--layer", "9"]) == 1
     assert "--layer 9 out of range" in capsys.readouterr().err
+
+
+def test_cli_names_why_symbols_alone_have_no_attention(tiny_model_dir, tmp_path, capsys):
+    """Emoji bypass the model, so there is no attention: say that (not 'translate with need_attention=True')."""
+    assert main(["attention", "🍕", "--out", str(tmp_path / "x.png"), "--model", str(tiny_model_dir)]) == 1
+    assert "only symbols copied past the model" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
