@@ -30,7 +30,9 @@ def request_model(cfg: ServeConfig, vocab_size: int) -> type[BaseModel]:
         top_k=(int, Field(d.top_k, ge=0, le=vocab_size, description="0 = no top-k filter")),
         top_p=(float, Field(d.top_p, gt=0, le=1)),
         length_penalty=(float, Field(d.length_penalty, ge=0, le=MAX_LENGTH_PENALTY)),
-        seed=(int | None, Field(None, ge=0, le=2**31 - 1, description="sampling seed (such requests run alone)")),
+        seed=(int | None, Field(None, ge=0, le=2**31 - 1, description=(
+            "sampling seed: the same request samples the same again (such requests run alone); "
+            "a text's samples also depend on the other texts of the request"))),
         split=(bool, Field(True, description="translate multi-sentence text sentence by sentence")),
         attention=(bool, Field(False, description="include cross-attention (averaged) and subword tokens")),
         attention_heads=(bool, Field(False, description="also include per-layer, per-head attention (L, H, T, S)")),
