@@ -22,7 +22,8 @@ from seqformer.evaluation import ref_streams, score
 
 
 def load_split(path: Path) -> tuple[list[str], list[list[str]]]:
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    # split("\n"), not splitlines(): U+2028 and the like inside a sentence are no line breaks in JSON Lines
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
     return [r["src"] for r in rows], [r["refs"] for r in rows]
 
 

@@ -53,3 +53,33 @@ def test_emoji_are_copied_not_translated(bundled):
 def test_cli_translates_with_the_bundled_model_by_default(bundled, capsys):
     assert call_main("translate", "I love you.") == 0
     assert capsys.readouterr().out == bundled.translate(["I love you."], beam_size=4)[0] + "\n"
+
+
+def _export_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "export_bundled.py"
+    spec = importlib.util.spec_from_file_location("export_bundled", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_export_swaps_in_a_complete_directory_or_leaves_the_old_one(model_dir, tmp_path, monkeypatch, capsys):
+    export = _export_script()
+    dst = tmp_path / "en-fr"
+    dst.mkdir()
+    (dst / "MODEL_CARD.md").write_text("card")
+    (dst / "src.spm").write_text("a tokenizer an older model used")  # must not ship with the new one
+    assert export.main(str(model_dir), str(dst)) == 0
+    assert (dst / "MODEL_CARD.md").read_text() == "card" and not (dst / "src.spm").exists()
+    assert json.loads((dst / "config.json").read_text())["weights_dtype"] == "float16"
+    before = {p.name: p.read_bytes() for p in dst.iterdir()}
+    assert Translator.load(dst).translate(["a b"], beam_size=1)
+
+    monkeypatch.setattr(export, "MAX_BYTES", 1000)
+    assert export.main(str(model_dir), str(dst)) == 1
+    assert "over the 0 MB bound" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in dst.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["en-fr"]  # no staging directory left behind

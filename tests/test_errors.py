@@ -65,6 +65,26 @@ def test_prefix_pair_and_gzip_are_read(tmp_path):
         read_parallel(str(tmp_path / "c"), "en", "de")
 
 
+def test_corrupt_compressed_data_is_a_data_error(tmp_path):
+    """A damaged deflate block raises zlib.error (not OSError): it too must be one line naming the file."""
+    import gzip
+
+    data = bytearray(gzip.compress(b"a b\tb a\n" * 50))
+    data[10] = 0x07  # the first byte of the deflate stream: an invalid block type
+    (tmp_path / "z.tsv.gz").write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"z.tsv.gz: cannot read \(.*invalid block type"):
+        read_parallel(str(tmp_path / "z.tsv.gz"))
+
+
+def test_a_vocabulary_too_small_for_the_corpus_is_a_data_error(tmp_path):
+    from seqformer.data.tokenizer import train_sentencepiece
+
+    sentences = ["".join(chr(0x61 + (i * 7 + j) % 26) for j in range(12)) + " 0123456789" for i in range(200)]
+    with pytest.raises(DataError, match="cannot train a 16-piece SentencePiece model.*raise --vocab-size"):
+        train_sentencepiece(sentences, tmp_path / "spm.model", 16)
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
 def test_byte_order_mark_and_crlf_are_not_part_of_the_text(tmp_path):
     (tmp_path / "bom.tsv").write_bytes("\ufeffa b\tb a\r\nc\td\r\n".encode())
     assert read_parallel(str(tmp_path / "bom.tsv")) == [("a b", "b a"), ("c", "d")]

@@ -34,6 +34,19 @@ from seqformer.data.tokenizer import Tokenizer
 from seqformer.errors import ConfigError, ModelDirError
 
 
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
     path = Path(path)
@@ -45,6 +58,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; model files are meant to be shared
         os.replace(tmp, path)
+        _fsync_dir(path.parent)  # the rename itself survives a power loss only once its directory is synced
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

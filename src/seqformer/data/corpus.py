@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def read_lines(path: Path) -> list[str]:
     try:
         with open_binary(path) as f:
             return list(decode_lines(f, str(path)))
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zlib.error) as err:  # zlib.error: corrupt compressed data
         raise DataError(f"{path}: cannot read ({err})") from None
 
 

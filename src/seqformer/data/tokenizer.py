@@ -10,7 +10,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from seqformer.errors import ModelDirError
+from seqformer.errors import DataError, ModelDirError
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 UNK_PIECE = "<unk>"
@@ -22,10 +22,23 @@ def train_sentencepiece(
     sample_lines: int = 1_000_000, seed: int = 1,
 ) -> Path:
     """Train a SentencePiece model with seqformer's special ids (pad 0, unk 1, <s> 2, </s> 3)."""
+    from seqformer.io import atomic_write_bytes  # seqformer.io imports this module
+
     sentences = [s for s in sentences if s]
     if len(sentences) > sample_lines:
         sentences = random.Random(seed).sample(sentences, sample_lines)
     model = io.BytesIO()
+    try:
+        _train(sentences, model, vocab_size, model_type)
+    except RuntimeError as err:  # e.g. "Vocabulary size is smaller than required_chars. 16 vs 67"
+        raise DataError(f"cannot train a {vocab_size}-piece SentencePiece model on this corpus "
+                        f"({str(err).strip().splitlines()[-1]}): raise --vocab-size") from None
+    out_file = Path(out_file)
+    atomic_write_bytes(out_file, model.getvalue())  # a run killed while writing leaves no half model to reuse
+    return out_file
+
+
+def _train(sentences: list[str], model: io.BytesIO, vocab_size: int, model_type: str) -> None:
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences),
         model_writer=model,
@@ -37,9 +50,6 @@ def train_sentencepiece(
         num_threads=2,
         minloglevel=2,
     )
-    out_file = Path(out_file)
-    out_file.write_bytes(model.getvalue())
-    return out_file
 
 
 def split_lang_tag(text: str) -> tuple[str, str]:
