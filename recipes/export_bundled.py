@@ -16,6 +16,7 @@ from pathlib import Path
 
 from safetensors.torch import save as st_save
 
+from seqformer.data.tokenizer import Tokenizer
 from seqformer.io import atomic_write_bytes, load_weights
 
 MAX_BYTES = 25_000_000  # the bundled model's bound (issue 3)
@@ -28,9 +29,7 @@ def build(src_dir: Path, stage: Path) -> None:
     tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_weights(src_dir / "model.safetensors").items()}
     atomic_write_bytes(stage / "model.safetensors", st_save(tensors))
     atomic_write_bytes(stage / "config.json", (json.dumps(config, indent=2) + "\n").encode())
-    tok = config["tokenizer"]
-    names = {tok[k] for k in ("src", "tgt", "src_vocab", "tgt_vocab") if tok.get(k)} | {"training.json"}
-    for name in sorted(names):
+    for name in sorted(set(Tokenizer.files(config["tokenizer"]).values()) | {"training.json"}):
         if (src_dir / name).is_file():
             shutil.copyfile(src_dir / name, stage / name)
 

@@ -131,6 +131,12 @@ class Tokenizer:
         return cls.load(d / section["src"], d / section["tgt"], d / src_vocab if src_vocab else None,
                         d / tgt_vocab if tgt_vocab else None, bool(section.get("lang_tags", False)))
 
+    @staticmethod
+    def files(section: dict) -> dict[str, str]:
+        """The files config.json's "tokenizer" section names, by key ("src", "tgt", "src_vocab", "tgt_vocab"):
+        what a copy of the model directory must carry for ``from_config`` to load it."""
+        return {k: section[k] for k in ("src", "tgt", "src_vocab", "tgt_vocab") if section.get(k)}
+
     def split_lang_tag(self, text: str) -> tuple[str, str]:
         """(tag, rest) when this tokenizer keeps language tags, else ('', text)."""
         return split_lang_tag(text) if self.lang_tags else ("", text)

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from seqformer.config import ModelConfig, from_dict, read_json
+from seqformer.data.tokenizer import Tokenizer
 from seqformer.errors import ModelDirError
 from seqformer.io import atomic_write_bytes, import_state, save_weights
 from seqformer.model.transformer import Seq2SeqTransformer
@@ -43,8 +44,7 @@ def average_checkpoints(run_dir: Path, last: int, out: Path | None = None, dtype
     model = Seq2SeqTransformer(from_dict(ModelConfig, config["model"]))
     import_state(model, average_tensors(paths), f"average of {len(paths)} checkpoints")
     if out.resolve() != Path(run_dir).resolve():
-        tok = config["tokenizer"]
-        names = {tok[k] for k in ("src", "tgt", "src_vocab", "tgt_vocab") if tok.get(k)}  # vocab: imported models
+        names = set(Tokenizer.files(config["tokenizer"]).values())  # vocab tables too (imported models)
         for name in sorted(names | ({"training.json"} if (run_dir / "training.json").is_file() else set())):
             shutil.copyfile(run_dir / name, out / name)
     config["weights_dtype"] = dtype

@@ -53,10 +53,10 @@ def _init_tokenizer(init: ModelDir, out: Path, write: bool) -> tuple[Tokenizer, 
     """The tokenizer of an --init-from model directory, copied into ``out``: its SentencePiece models and,
     for an imported Marian model, its own piece -> id tables and language tags (the weights' ids)."""
     section = init.meta["tokenizer"]
-    files = [k for k in ("src", "tgt", "src_vocab", "tgt_vocab") if section.get(k)]
+    files = Tokenizer.files(section)
     if write:
-        copy_tokenizer([init.path / section[k] for k in files], out)
-    local = {**section, **{k: Path(section[k]).name for k in files}}
+        copy_tokenizer([init.path / f for f in files.values()], out)
+    local = {**section, **{k: Path(f).name for k, f in files.items()}}
     extra = {k: local[k] for k in ("src_vocab", "tgt_vocab", "lang_tags") if k in local}
     return Tokenizer.from_config(out, local), (local["src"], local["tgt"]), extra
 
