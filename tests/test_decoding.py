@@ -53,7 +53,7 @@ class TableModel:
     def encode(self, src: torch.Tensor, src_pad_mask: torch.Tensor) -> torch.Tensor:
         return (src[:, :1, None] - 4).float()  # (B, 1, 1): the sentence index
 
-    def new_cache(self, capacity: int = 0) -> PrefixCache:  # noqa: ARG002 (no buffers to size)
+    def new_cache(self, limits: torch.Tensor | None = None) -> PrefixCache:  # noqa: ARG002 (no buffers to size)
         return PrefixCache()
 
     def logprobs(self, sent: int, prefix: tuple[int, ...]) -> torch.Tensor:

@@ -105,7 +105,7 @@ def beam_search(
     scores = torch.full((b_total, k), float("-inf"))
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
     state = _Beams(sents=list(range(b_total)), tokens=torch.zeros(b_total * k, 0, dtype=torch.long), scores=scores)
-    cache = model.new_cache(int(limits.max()) + 1 if b_total else 0)
+    cache = model.new_cache(limits)
     last = torch.full((b_total * k, 1), mc.decoder_start_id, dtype=torch.long)  # (N*K, 1)
     step = 0
     while state.sents:

@@ -61,7 +61,7 @@ def greedy_or_sample(
     limits = limits.repeat_interleave(copies, 0)  # (N,)
     n = memory.size(0)
     gen = torch.Generator().manual_seed(cfg.seed) if cfg.sampling and cfg.seed is not None else None
-    cache = model.new_cache(int(limits.max()) + 1 if n else 0)
+    cache = model.new_cache(limits)
     rows = torch.arange(n)  # original row of each active row
     last = torch.full((n, 1), mc.decoder_start_id, dtype=torch.long)  # (N, 1)
     outputs: list[list[int]] = [[] for _ in range(n)]

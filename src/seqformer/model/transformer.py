@@ -143,8 +143,10 @@ class Seq2SeqTransformer(nn.Module):
         """Logits (B, T, V) for every target position, given the shifted target ``tgt_in`` (B, T)."""
         return self.project(self.decode(self.encode(src, src_pad_mask), src_pad_mask, tgt_in))
 
-    def new_cache(self, capacity: int = 0) -> DecoderCache:
-        """An empty decoding cache; ``capacity``: the most steps the search will take, if known."""
+    def new_cache(self, limits: Tensor | None = None) -> DecoderCache:
+        """An empty decoding cache, with room for the search's length ``limits`` (R,) if given: the most tokens
+        of any row, plus the step that emits its </s>."""
+        capacity = int(limits.max()) + 1 if limits is not None and limits.numel() else 0
         return DecoderCache.empty(len(self.decoder.layers), capacity)
 
     def decode_step(
