@@ -45,6 +45,18 @@ def test_configs_are_frozen(cls):
     (TrainConfig, dict(max_steps=-1), "limits"),
     (TrainConfig, dict(max_len=2), "max_len"),
     (TrainConfig, dict(spm_model_type="char"), "spm_model_type"),
+    # accepted before, then trained uphill (negative clipping flips the gradient), stopped before the first
+    # update, crashed at the first validation / log line, or were silently ignored
+    (TrainConfig, dict(clip_norm=-1.0), "clip_norm must be >= 0"),
+    (TrainConfig, dict(patience=-1), "patience"),
+    (TrainConfig, dict(valid_beam_size=0), "valid_beam_size"),
+    (TrainConfig, dict(log_every=0), "log_every must be >= 1"),
+    (TrainConfig, dict(valid_every=0), "valid_every must be >= 1"),
+    (TrainConfig, dict(save_every=0), "save_every must be >= 1"),
+    (TrainConfig, dict(weight_decay=-0.1), "weight_decay"),
+    (TrainConfig, dict(spm_sample_lines=0), "spm_sample_lines"),
+    (TrainConfig, dict(adam_betas=(0.9, 1.0)), "adam_betas"),
+    (TrainConfig, dict(adam_eps=-1e-9), "adam_eps"),
     (DecodeConfig, dict(beam_size=0), "beam_size"),
     (DecodeConfig, dict(beam_size=2, nbest=3), "nbest"),
     (DecodeConfig, dict(nbest=0), "nbest"),
@@ -70,6 +82,7 @@ def test_good_edge_values_are_accepted():
     ModelConfig(src_vocab_size=100, tgt_vocab_size=200, share_embeddings=False, dropout=0.0)
     DecodeConfig(sampling=True, beam_size=1, nbest=5)  # sampling draws nbest samples, no beam needed
     assert TrainConfig(adam_betas=[0.9, 0.99]).adam_betas == (0.9, 0.99)
+    TrainConfig(clip_norm=0.0, patience=0, weight_decay=0.0, adam_betas=(0.0, 0.0), adam_eps=0.0)  # the "off" values
 
 
 @pytest.mark.parametrize("cfg", [ModelConfig(d_model=64, n_heads=2, pre_norm=True), TrainConfig(lr=3e-4, train="x.tsv"),

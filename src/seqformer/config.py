@@ -120,7 +120,7 @@ class TrainConfig:
     clip_norm: float = 1.0
     max_steps: int = 0
     epochs: int = 0
-    max_minutes: float = 0.0
+    max_minutes: float = 0.0  # training time: batching and updates (validation and checkpoint writes not counted)
     precision: str = "auto"
     seed: int = 1
     threads: int = 0
@@ -149,8 +149,18 @@ class TrainConfig:
                f"{self.warmup_steps} warmup updates (and from a learning rate still warming up): "
                f"cooldown_steps must be <= max_steps - warmup_steps = {self.max_steps - self.warmup_steps}")
         _check(self.max_len > 2, f"max_len must be > 2, found {self.max_len}")
+        _check(self.clip_norm >= 0, f"clip_norm must be >= 0 (0: no clipping), found {self.clip_norm}")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, found {self.weight_decay}")
+        _check(self.patience >= 0, f"patience must be >= 0 (0: never stop early), found {self.patience}")
+        _check(self.valid_beam_size >= 1, f"valid_beam_size must be >= 1, found {self.valid_beam_size}")
+        _check(self.spm_sample_lines >= 1, f"spm_sample_lines must be >= 1, found {self.spm_sample_lines}")
+        for name in ("log_every", "valid_every", "save_every"):
+            _check(getattr(self, name) >= 1, f"{name} must be >= 1, found {getattr(self, name)}")
         _check(self.spm_model_type in ("unigram", "bpe"), "spm_model_type must be unigram or bpe")
         object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
+        _check(len(self.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in self.adam_betas),
+               f"adam_betas must be two numbers in [0, 1), found {self.adam_betas}")
+        _check(self.adam_eps >= 0, f"adam_eps must be >= 0, found {self.adam_eps}")
 
 
 MIN_TEMPERATURE = 1e-6  # lower ones underflow to 0 in float32 (the scaled scores become inf / NaN)
