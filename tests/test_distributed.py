@@ -86,3 +86,25 @@ def test_fp16_loss_scale_is_checkpointed_and_resumed(data_dir, tmp_path, monkeyp
     train(tiny_config(data_dir, tmp_path / "part", max_steps=6, save_every=3, precision="fp16"), NO_DROPOUT,
           resume=True, progress=False)
     assert curve(tmp_path / "part") == curve(tmp_path / "whole")
+
+
+def test_every_rank_takes_the_final_save_together():
+    # Only rank 0 validates. When the last step was saved but not validated, rank 0 validates and saves
+    # again; save() gathers from every rank, so a rank that skipped it left rank 0 waiting until the
+    # process group timed out (two hours) and lost the final checkpoint.
+    from types import SimpleNamespace
+
+    from seqformer.training.trainer import Trainer
+
+    saves = []
+
+    def finish(rank, valid_examples, other_ranks_vote):  # Dist.any: the OR over all ranks' flags
+        Trainer.finish(SimpleNamespace(
+            state=SimpleNamespace(step=4), stop_signal=None, valid_examples=valid_examples, _validated_step=3,
+            _saved_step=4, dist=SimpleNamespace(any=lambda flag: flag or other_ranks_vote),
+            run_validation=lambda: {"bleu": 1.0}, runlog=SimpleNamespace(write=lambda record: None),
+            save=lambda: saves.append(rank), write_model=lambda: None))
+
+    finish(0, ["example"], other_ranks_vote=False)  # validates: votes to save
+    finish(1, [], other_ranks_vote=True)  # nothing to validate, already saved: must still join the save
+    assert saves == [0, 1]

@@ -304,7 +304,8 @@ class Trainer:
         if validate_now:
             metrics = self.run_validation()
             self.runlog.write({"step": step, "final": True, **metrics})
-        if validate_now or self._saved_step != step:
+        # Only rank 0 validates, so the decision is agreed on by all ranks: save() is a collective.
+        if self.dist.any(bool(validate_now) or self._saved_step != step):
             self.save()
         if self.stop_signal is None and not self.valid_examples:
             self.write_model()
