@@ -103,6 +103,20 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(data_dir, tmp_path
     assert _records(tmp_path / "run") == first  # steps 5-8 recomputed from step 4, identically
 
 
+def test_a_skipped_damaged_checkpoint_does_not_outrank_the_resumed_runs_new_ones(data_dir, tmp_path):
+    # The resumed run's checkpoints have lower steps than the damaged one: left in place, pruning kept the
+    # damaged file and deleted every good one (keep_last 1: nothing left to resume from).
+    train(tiny_config(data_dir, tmp_path / "run", max_steps=8, save_every=4), progress=False)
+    ckpts = tmp_path / "run" / "checkpoints"
+    (ckpts / "ckpt-00000008.safetensors").write_bytes(b"damaged")
+    with pytest.warns(UserWarning, match="falling back"):
+        train(tiny_config(data_dir, tmp_path / "run", max_steps=6, save_every=4, keep_last=1), resume=True,
+              progress=False)
+    assert [p.name for p in ckpt.list_checkpoints(ckpts)] == ["ckpt-00000006.safetensors"]
+    assert (ckpts / "ckpt-00000008.safetensors.damaged").read_bytes() == b"damaged"  # kept for inspection
+    assert ckpt.load_latest(ckpts)[0].name == "ckpt-00000006.safetensors"
+
+
 def test_all_checkpoints_damaged_is_an_error(data_dir, tmp_path):
     cfg = tiny_config(data_dir, tmp_path / "run", max_steps=4, save_every=4)
     train(cfg, progress=False)

@@ -130,6 +130,21 @@ def load_latest(directory: Path) -> tuple[Path, dict[str, torch.Tensor], dict[st
     return None
 
 
+def set_aside_newer(directory: Path, step: int) -> list[Path]:
+    """Rename the checkpoints after ``step`` (damaged ones a resume skipped) to ``*.damaged``.
+
+    Left in place, they would outrank the resumed run's new checkpoints: ``prune`` keeps the highest
+    steps (it would delete the good ones) and ``average --last N`` would pick them.
+    """
+    moved = []
+    for path in list_checkpoints(directory):
+        if int(_NAME.match(path.name).group(1)) > step:
+            target = path.with_name(path.name + ".damaged")
+            path.replace(target)
+            moved.append(target)
+    return moved
+
+
 def restore(model: torch.nn.Module, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
             meta: dict[str, str], source: str, rank: int = 0) -> TrainState:
     """Load model, optimizer and this rank's RNG from a checkpoint; returns the trainer position.

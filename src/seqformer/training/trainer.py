@@ -129,6 +129,9 @@ class Trainer:
         self.amp.load_state_tensors(tensors)
         self._saved_step = self.state.step
         log.info("resumed from %s (step %d)", path, self.state.step)
+        if self.dist.is_main:
+            for moved in ckpt.set_aside_newer(self.ckpt_dir, self.state.step):
+                log.warning("set aside the damaged checkpoint as %s", moved)
         saved_world = 1 + sum(name.startswith("rng.torch.") for name in tensors)
         if saved_world != self.dist.world_size:
             log.warning("the checkpoint was written by %d process(es), this run has %d: the global batch "
