@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import random
 import shutil
@@ -212,3 +213,18 @@ def test_repeated_nan_loss_stops_with_advice(data_dir, tmp_path, monkeypatch):
     cfg = tiny_config(data_dir, tmp_path / "run", max_steps=100)
     with pytest.raises(SeqformerError, match=f"{MAX_BAD_STEPS} updates in a row.*lower --lr.*--precision fp32"):
         train(cfg, progress=False)
+
+
+def test_resume_applies_the_recipes_adam_settings_and_warns_of_a_changed_data_order(data_dir, tmp_path, caplog):
+    train(tiny_config(data_dir, tmp_path / "run", max_steps=4, weight_decay=0.1), progress=False)
+    resumed = tiny_config(data_dir, tmp_path / "run", max_steps=6, weight_decay=0.0, adam_betas=(0.9, 0.99),
+                          seed=4)
+    with caplog.at_level(logging.WARNING, logger="seqformer"):
+        train(resumed, resume=True, progress=False)
+    (path,) = [p for p in ckpt.list_checkpoints(tmp_path / "run" / "checkpoints") if "06" in p.name]
+    groups = json.loads(ckpt.read_checkpoint(path)[1]["param_groups"])
+    # Loading the checkpoint's optimizer state brought back weight decay 0.1: in plain Adam that is an L2
+    # penalty the recipe no longer asks for, and the new betas were dropped.
+    assert [(g["weight_decay"], tuple(g["betas"])) for g in groups] == [(0.0, (0.9, 0.99))] * len(groups)
+    assert "weight_decay: 0.1 -> 0.0" in caplog.text and "betas: (0.9, 0.98) -> (0.9, 0.99)" in caplog.text
+    assert "seed was 3, now 4" in caplog.text and "not an exact resume" in caplog.text

@@ -69,8 +69,9 @@ def checkpoint_path(directory: Path, step: int) -> Path:
 
 
 def save_checkpoint(directory: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: TrainState,
-                    extra: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write ``ckpt-<step>.safetensors`` atomically; ``extra`` holds more tensors (per-rank RNG, loss scale).
+                    extra: dict[str, torch.Tensor] | None = None, config: dict[str, Any] | None = None) -> Path:
+    """Write ``ckpt-<step>.safetensors`` atomically; ``extra`` holds more tensors (per-rank RNG, loss scale),
+    ``config`` the training recipe that wrote it (JSON metadata, compared on resume).
 
     A failed write (disk full, I/O error) raises SeqformerError and leaves older checkpoints as they were.
     """
@@ -80,6 +81,8 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, opt: torch.optim.Op
     tensors["rng.torch"] = torch.get_rng_state()
     tensors.update({k: v.cpu() for k, v in (extra or {}).items()})
     meta = {"state": json.dumps(state.__dict__), "param_groups": json.dumps(groups), "sha256": _digest(tensors)}
+    if config is not None:
+        meta["train_config"] = json.dumps(config)
     path = checkpoint_path(directory, state.step)
     try:
         atomic_write_bytes(path, st_save(tensors, metadata=meta))

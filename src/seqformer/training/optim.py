@@ -44,6 +44,24 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
     )
 
 
+def apply_recipe(opt: torch.optim.Optimizer, cfg: TrainConfig) -> list[str]:
+    """Set the recipe's Adam settings on a resumed optimizer (loading its state brought the checkpoint's).
+
+    Returns the settings that changed, as "name: old -> new". Without this a changed weight decay,
+    beta or epsilon on ``--resume`` was silently dropped, and a run resumed without weight decay from an
+    AdamW checkpoint got Adam's L2 penalty with the old coefficient.
+    """
+    want = {"betas": tuple(cfg.adam_betas), "eps": cfg.adam_eps, "weight_decay": cfg.weight_decay}
+    changed = []
+    for group in opt.param_groups:
+        for key, value in want.items():
+            old = tuple(group[key]) if key == "betas" else group[key]
+            if old != value and f"{key}: {old} -> {value}" not in changed:
+                changed.append(f"{key}: {old} -> {value}")
+            group[key] = value
+    return changed
+
+
 def batch_loss(model: Seq2SeqTransformer, batch: Batch, label_smoothing: float) -> tuple[Tensor, Tensor, int]:
     """Summed label-smoothed loss, summed NLL (for reporting), and the number of target tokens.
 

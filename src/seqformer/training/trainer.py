@@ -35,12 +35,13 @@ from seqformer.training import distributed
 from seqformer.training.amp import Amp, bf16_supported
 from seqformer.training.data import PreparedData, encode_pairs, prepare
 from seqformer.training.distributed import Dist, shard
-from seqformer.training.optim import batch_loss, make_optimizer, scheduled_lr
+from seqformer.training.optim import apply_recipe, batch_loss, make_optimizer, scheduled_lr
 from seqformer.training.rundir import check_space, prepare_out
 from seqformer.training.runlog import RunLog
 from seqformer.training.validate import validate
 
 __all__ = ["Trainer", "bf16_supported", "build_model_config", "train"]
+DATA_ORDER_FIELDS = ("train", "max_len", "max_tokens", "update_freq", "seed")  # what the batches depend on
 log = logging.getLogger("seqformer")
 MAX_BAD_STEPS = 20
 
@@ -132,6 +133,13 @@ class Trainer:
         if self.dist.is_main:
             for moved in ckpt.set_aside_newer(self.ckpt_dir, self.state.step):
                 log.warning("set aside the damaged checkpoint as %s", moved)
+        for change in apply_recipe(self.opt, self.cfg):
+            log.warning("--resume: the recipe changes the optimizer's %s", change)
+        saved, now = json.loads(meta.get("train_config", "{}")), to_dict(self.cfg)
+        for name in DATA_ORDER_FIELDS:
+            if name in saved and saved[name] != now[name]:
+                log.warning("--resume: %s was %r, now %r: the batches from here on differ from the original "
+                            "run's (not an exact resume)", name, saved[name], now[name])
         saved_world = 1 + sum(name.startswith("rng.torch.") for name in tensors)
         if saved_world != self.dist.world_size:
             log.warning("the checkpoint was written by %d process(es), this run has %d: the global batch "
@@ -232,7 +240,7 @@ class Trainer:
         extra = {f"rng.torch.{r}": cpu for r, (cpu, _) in enumerate(rng) if r > 0}
         extra.update({f"rng.cuda.{r}": gpu for r, (_, gpu) in enumerate(rng) if gpu is not None})
         extra.update(self.amp.state_tensors())
-        ckpt.save_checkpoint(self.ckpt_dir, self.model, self.opt, self.state, extra)
+        ckpt.save_checkpoint(self.ckpt_dir, self.model, self.opt, self.state, extra, config=to_dict(self.cfg))
         ckpt.prune(self.ckpt_dir, self.cfg.keep_last)
 
     def write_model(self) -> None:
