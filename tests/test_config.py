@@ -57,6 +57,8 @@ def test_configs_are_frozen(cls):
     (TrainConfig, dict(spm_sample_lines=0), "spm_sample_lines"),
     (TrainConfig, dict(adam_betas=(0.9, 1.0)), "adam_betas"),
     (TrainConfig, dict(adam_eps=-1e-9), "adam_eps"),
+    (TrainConfig, dict(tokenizer="en/spm.model,fr/spm.model"), "same file name"),  # one overwrote the other
+    (TrainConfig, dict(tokenizer="a.spm,b.spm,c.spm"), "found 3"),
     (DecodeConfig, dict(beam_size=0), "beam_size"),
     (DecodeConfig, dict(beam_size=2, nbest=3), "nbest"),
     (DecodeConfig, dict(nbest=0), "nbest"),
@@ -82,6 +84,8 @@ def test_good_edge_values_are_accepted():
     ModelConfig(src_vocab_size=100, tgt_vocab_size=200, share_embeddings=False, dropout=0.0)
     DecodeConfig(sampling=True, beam_size=1, nbest=5)  # sampling draws nbest samples, no beam needed
     assert TrainConfig(adam_betas=[0.9, 0.99]).adam_betas == (0.9, 0.99)
+    TrainConfig(tokenizer="en/src.spm,fr/tgt.spm")
+    TrainConfig(tokenizer="spm.model,spm.model")
     TrainConfig(clip_norm=0.0, patience=0, weight_decay=0.0, adam_betas=(0.0, 0.0), adam_eps=0.0)  # the "off" values
 
 

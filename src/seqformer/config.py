@@ -156,6 +156,13 @@ class TrainConfig:
         _check(self.spm_sample_lines >= 1, f"spm_sample_lines must be >= 1, found {self.spm_sample_lines}")
         for name in ("log_every", "valid_every", "save_every"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1, found {getattr(self, name)}")
+        if self.tokenizer:
+            files = self.tokenizer.split(",")
+            _check(len(files) in (1, 2), f"tokenizer must be one SentencePiece model or two (source,target), "
+                                         f"found {len(files)}: {self.tokenizer!r}")
+            _check(len(files) == 1 or files[0] == files[1] or Path(files[0]).name != Path(files[1]).name,
+                   f"tokenizer: {files[0]} and {files[1]} have the same file name, and both are copied into the "
+                   f"run directory under it (the target model would replace the source one): rename one")
         _check(self.spm_model_type in ("unigram", "bpe"), "spm_model_type must be unigram or bpe")
         object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
         _check(len(self.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in self.adam_betas),
