@@ -160,9 +160,10 @@ class TrainConfig:
             files = self.tokenizer.split(",")
             _check(len(files) in (1, 2), f"tokenizer must be one SentencePiece model or two (source,target), "
                                          f"found {len(files)}: {self.tokenizer!r}")
-            _check(len(files) == 1 or files[0] == files[1] or Path(files[0]).name != Path(files[1]).name,
-                   f"tokenizer: {files[0]} and {files[1]} have the same file name, and both are copied into the "
-                   f"run directory under it (the target model would replace the source one): rename one")
+            if len(files) == 2 and files[0] != files[1]:
+                _check(Path(files[0]).name != Path(files[1]).name,
+                       f"tokenizer: {files[0]} and {files[1]} have the same file name, and both are copied into "
+                       f"the run directory under it (the target model would replace the source one): rename one")
         _check(self.spm_model_type in ("unigram", "bpe"), "spm_model_type must be unigram or bpe")
         object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
         _check(len(self.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in self.adam_betas),
@@ -198,6 +199,8 @@ class DecodeConfig:
         _check(MIN_TEMPERATURE <= self.temperature < math.inf,
                f"temperature must be a finite number >= {MIN_TEMPERATURE} (greedy search for none), found {self.temperature}")
         _check(self.top_k >= 0, f"top_k must be >= 0, found {self.top_k}")
+        _check(self.seed is None or -(2**63) <= self.seed < 2**64,
+               f"seed must be a 64-bit integer (-2**63 to 2**64 - 1), found {self.seed}")
         _check(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], found {self.top_p}")
         _check(math.isfinite(self.length_penalty), f"length_penalty must be a finite number, found {self.length_penalty}")
         _check(0 <= self.max_len_a < math.inf and self.max_len_b >= 1,
