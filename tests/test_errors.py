@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import subprocess
 import warnings
@@ -16,7 +17,7 @@ from conftest import call_main, reversal_pairs, run_seqformer, seqformer_command
 import seqformer
 from seqformer import TrainConfig
 from seqformer.data.corpus import read_parallel
-from seqformer.errors import DataError
+from seqformer.errors import ConfigError, DataError
 from seqformer.segment import split_sentences
 from seqformer.training import checkpoint as ckpt
 from seqformer.translator import Translator
@@ -103,8 +104,45 @@ def test_invalid_utf8_on_stdin_is_a_one_line_error(model_dir):
     assert "<stdin>:2: not valid UTF-8" in _one_line_error(result.stderr.decode())
 
 
+def test_a_piped_line_is_translated_while_the_pipe_stays_open(model_dir):
+    # A client that writes one line and waits for its answer (a coprocess) got nothing until 32 lines or EOF.
+    want = Translator.load(model_dir).translate(["a b", "c d"])
+    proc = subprocess.Popen([*seqformer_command(), "translate", "--model", str(model_dir)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        proc.stdin.write(b"a b\n")
+        proc.stdin.flush()
+        assert select.select([proc.stdout], [], [], 240)[0], "no translation while the pipe stayed open"
+        first = proc.stdout.readline().decode()
+        proc.stdin.write(b"c d\n")
+        proc.stdin.close()
+        rest = proc.stdout.read().decode()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    assert [first.rstrip("\n"), *rest.splitlines()] == want
+
+
+def test_input_may_be_a_pipe(model_dir):
+    result = subprocess.run([*seqformer_command(), "translate", "--model", str(model_dir), "--input", "/dev/stdin"],
+                            capture_output=True, input=b"a b\n", env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert result.returncode == 0, result.stderr  # "file not found" before: only regular files were opened
+    assert result.stdout.decode().splitlines() == Translator.load(model_dir).translate(["a b"])
+
+
+def test_an_unknown_quantization_is_refused(model_dir):
+    with pytest.raises(ConfigError, match="quantize must be"):
+        Translator.load(model_dir, quantize="int4")  # returned an fp32 model without a word
+
+
 @pytest.mark.parametrize(("args", "message"), [
-    (["translate", "--threads", "-1", "a"], "--threads must be >= 0"),
+    (["translate", "--threads", "-1", "a"], "--threads must be between 0"),
+    (["translate", "--threads", "100000", "a"], "--threads must be between 0"),  # PyTorch segfaulted
+    (["translate", "--input", "{tmp}/empty.txt", "a"], "not both"),  # the file was silently ignored
+    (["translate", "--nbest", "2", "--beam-size", "2", "a"], "--nbest 2 needs --json"),  # printed one
+    (["translate", "--sampling", "--seed", str(2**70), "a"], "seed must be a 64-bit integer"),  # traceback
+    (["translate", "--input", "{tmp}"], "is a folder, not a file"),
+    (["translate", "caf\udce9"], "TEXT argument 1: not valid UTF-8"),  # argv bytes that are not UTF-8
     (["translate", "--attention", "a"], "give --json too"),
     (["translate", "--output", "{tmp}", "a"], "is a folder"),
     (["evaluate", "--src", "{tmp}/empty.txt", "--ref", "{tmp}/empty.txt"], "empty.txt: no lines to evaluate"),
@@ -282,6 +320,9 @@ def test_letters_the_vocabulary_cannot_spell_are_named_in_one_warning(model_dir)
     ("Wait... what? Wait... What?", ["Wait... what?", "Wait...", "What?"]),
     ('"Why?" she asked. "Go!" He went.', ['"Why?" she asked.', '"Go!"', "He went."]),
     ("  spaced\n  out.   Next  one  ", ["spaced out.", "Next one"]),
+    ("他说（你好。）然后走了。", ["他说（你好。）", "然后走了。"]),  # full-width closers stay with their sentence
+    ("你好！》第二句。", ["你好！》", "第二句。"]),
+    ("She said ‘Stop.’ Then she left.", ["She said ‘Stop.’", "Then she left."]),
     ("", [""]),
     ("   ", [""]),
 ])

@@ -5,19 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from seqformer.cli import picked
 from seqformer.config import DecodeConfig, ModelConfig, TrainConfig, from_dict, load_recipe
 from seqformer.data.corpus import decode_lines, read_lines
 from seqformer.errors import ConfigError, DataError
 from seqformer.io import atomic_write_text
+from seqformer.threads import set_threads
 
 
 def train(args: argparse.Namespace) -> int:
@@ -51,10 +51,7 @@ def _check_output(path: str | None) -> None:
 def _translator(args: argparse.Namespace):
     from seqformer.translator import Translator
 
-    if args.threads < 0:
-        raise ConfigError(f"--threads must be >= 0 (0: PyTorch's choice), found {args.threads}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     return Translator.load(args.model, quantize=None if args.quantize == "none" else args.quantize)
 
 
@@ -62,10 +59,32 @@ def _decode_config(args: argparse.Namespace) -> DecodeConfig:
     return from_dict(DecodeConfig, picked(args, DecodeConfig))
 
 
+def _text_args(texts: list[str]) -> list[str]:
+    """TEXT arguments, refused one-line if the shell passed bytes that are not UTF-8."""
+    for n, text in enumerate(texts, start=1):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:  # Python keeps undecodable argv bytes as lone surrogates
+            raise DataError(f"TEXT argument {n}: not valid UTF-8 (at character {err.start + 1})") from None
+    return list(texts)
+
+
+def _more_ready(stream) -> bool:
+    """Whether ``stream`` has input waiting (so a pipe's lines are batched, not held back for more)."""
+    try:
+        return bool(select.select([stream], [], [], 0)[0])
+    except (OSError, ValueError):  # not selectable: batch as the chunk size says
+        return True
+
+
 def _chunks(args: argparse.Namespace, batch_size: int) -> Iterator[list[str]]:
-    """Inputs in chunks: TEXT arguments, the --input file, or stdin as it arrives."""
+    """Inputs in chunks: TEXT arguments, the --input file, or stdin as it arrives.
+
+    From stdin a chunk is translated as soon as no further line is waiting: a client that writes one
+    line and waits for its translation gets it, a fast producer still gets full batches.
+    """
     if args.text:
-        yield list(args.text)
+        yield _text_args(args.text)
         return
     if args.input:
         lines = read_lines(Path(args.input))
@@ -76,7 +95,7 @@ def _chunks(args: argparse.Namespace, batch_size: int) -> Iterator[list[str]]:
     chunk: list[str] = []
     for line in decode_lines(iter(sys.stdin.buffer.readline, b""), "<stdin>"):  # readline: no read-ahead
         chunk.append(line)
-        if interactive or len(chunk) >= batch_size:
+        if interactive or len(chunk) >= batch_size or not _more_ready(sys.stdin):
             yield chunk
             chunk = []
     if chunk:
@@ -98,9 +117,13 @@ def _as_json(text: str, nbest: list, with_attention: bool) -> str:
 def translate(args: argparse.Namespace) -> int:
     if args.attention and not args.json:
         raise ConfigError("--attention adds the cross-attention to --json output: give --json too")
+    if args.text and args.input:
+        raise ConfigError(f"give TEXT arguments or --input {args.input}, not both")
     _check_output(args.output)
     translator = _translator(args)
     cfg = _decode_config(args)
+    if cfg.nbest > 1 and not args.json:
+        raise ConfigError(f"--nbest {cfg.nbest} needs --json (plain output is one translation per input line)")
     options: dict[str, Any] = asdict(cfg)
     if args.seed is not None:
         options["seed"] = args.seed
@@ -153,13 +176,14 @@ def average(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from seqformer.serve.server import check_installed, check_model, run
+    from seqformer.serve.server import bind, check_installed, check_model, run
     from seqformer.serve.settings import ServeConfig
 
     cfg = from_dict(ServeConfig, picked(args, ServeConfig))
     check_installed()
     check_model(args.model)
-    run(_translator(args), cfg)
+    with bind(cfg) as sock:
+        run(_translator(args), cfg, sock)
     return 0
 
 

@@ -12,9 +12,10 @@ _OPENERS = "\"'“«([¿¡"  # what may open a sentence before its first letter
 # A boundary candidate is end punctuation (optionally closed by a quote or bracket) followed by whitespace
 # and a letter or digit of any script or case (optionally after an opener), or a CJK full stop,
 # exclamation or question mark (which needs no space after it).
+_CLOSERS = "\"'”’»)]）》〉】」』"  # what may close a sentence after its end punctuation
 _BOUNDARY = re.compile(
-    rf"(?P<end>[.!?…][\"'”»)\]]*)\s+(?=[{re.escape(_OPENERS)}]?[^\W_])"
-    r"|(?P<cjk>[。！？][\"'”»)\]」』]*)\s*(?=\S)"
+    rf"(?P<end>[.!?…][{re.escape(_CLOSERS)}]*)\s+(?=[{re.escape(_OPENERS)}]?[^\W_])"
+    rf"|(?P<cjk>[。！？][{re.escape(_CLOSERS)}]*)\s*(?=\S)"
 )
 # Words whose period is not a sentence end: titles and abbreviations that do not end sentences (words
 # such as "no" or "Inc." that often do are left out); single capitals (initials) and dotted letter runs

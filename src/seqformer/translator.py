@@ -13,6 +13,7 @@ import torch
 from seqformer.config import DecodeConfig
 from seqformer.data.batching import encode_source, pad
 from seqformer.decoding import Hypothesis, generate
+from seqformer.errors import ConfigError
 from seqformer.io import ModelDir, import_state, load_weights, read_model_dir
 from seqformer.model.transformer import Seq2SeqTransformer
 from seqformer.passthrough import Held, hold_out, put_back
@@ -62,6 +63,8 @@ class Translator:
         """
         from seqformer.marian import is_marian_dir, load_marian
 
+        if quantize not in (None, "none", "int8"):
+            raise ConfigError(f"quantize must be None, 'none' or 'int8', found {quantize!r}")
         path = Path(path) if path is not None else default_model_dir()
         if is_marian_dir(path):
             mdir, model = load_marian(path)

@@ -14,8 +14,10 @@ from seqformer.errors import DataError
 def open_binary(path: Path):
     """Open a plain or gzipped file for reading bytes."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a file")
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 

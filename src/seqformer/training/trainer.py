@@ -30,6 +30,7 @@ from seqformer.io import (
     write_config,
 )
 from seqformer.model.transformer import Seq2SeqTransformer
+from seqformer.threads import set_threads
 from seqformer.training import checkpoint as ckpt
 from seqformer.training import distributed
 from seqformer.training.amp import Amp, bf16_supported
@@ -376,8 +377,7 @@ def train(cfg: TrainConfig, model_overrides: dict[str, Any] | None = None, resum
 
 def _make_trainer(cfg: TrainConfig, overrides: dict[str, Any], resume: bool, progress: bool, d: Dist) -> Trainer:
     out = Path(cfg.out)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads, "threads")
     torch.manual_seed(cfg.seed)
 
     cfg, init = _init_model_dir(cfg, overrides)
