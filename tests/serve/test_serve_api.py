@@ -265,6 +265,22 @@ def test_cli_serve_answers_over_http(tiny_model_dir):
     assert "Uvicorn running on http://127.0.0.1" in err
 
 
+def test_serve_on_a_port_in_use_fails_at_once_in_one_line(tiny_model_dir, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", str(tiny_model_dir), "--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "in use" in err  # was uvicorn's log line, exit 3
+    assert "Traceback" not in err
+
+
+def test_serve_on_a_host_that_does_not_resolve_is_one_line(tiny_model_dir, capsys):
+    assert main(["serve", "--model", str(tiny_model_dir), "--host", "no-such-host.invalid", "--port", "0"]) == 1
+    assert "--host no-such-host.invalid: cannot resolve it" in capsys.readouterr().err
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
