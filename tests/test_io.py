@@ -113,3 +113,23 @@ def test_int8_reaches_the_tied_output_projection_and_keeps_the_logits(tmp_path, 
         ref, got = fp32.model.project(hidden), int8.model.project(hidden)  # (B, T, V)
     assert not torch.equal(ref, got)  # the projection itself now runs in int8 ...
     assert torch.allclose(ref, got, atol=0.05 * ref.abs().max().item())  # ... within int8 rounding
+
+
+def test_a_staged_directory_replaces_the_old_one_whole_or_not_at_all(tmp_path):
+    from seqformer.io import staged_dir
+
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "config.json").write_text("old config")
+    (out / "MODEL_CARD.md").write_text("card")
+    with pytest.raises(RuntimeError), staged_dir(out) as stage:
+        (stage / "config.json").write_text("new config")
+        raise RuntimeError("interrupted before the weights")  # a plain write left new config + old weights
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no stage left behind
+    assert (out / "config.json").read_text() == "old config"
+
+    with staged_dir(out) as stage:
+        (stage / "config.json").write_text("new config")
+    assert (out / "config.json").read_text() == "new config"
+    assert (out / "MODEL_CARD.md").read_text() == "card"  # what the build does not make is kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

@@ -171,6 +171,13 @@ def test_importing_into_the_hugging_face_directory_itself_is_refused(marian, tmp
     assert (path / "config.json").read_bytes() == before and not (path / "marian_config.json").exists()
 
 
+def test_importing_a_directory_with_malformed_config_json_names_the_line(tmp_path, capsys):
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text('{\n  "model_type": "marian",\n')
+    assert main(["import-marian", str(tmp_path / "hf"), str(tmp_path / "out")]) == 1
+    assert "config.json:3: invalid JSON" in capsys.readouterr().err  # was "not a Hugging Face Marian directory"
+
+
 def test_threads_and_int8(marian, tmp_path, capsys):
     path, _, _ = marian
     fp32 = Translator.load(path).translate(TEXTS, beam_size=2)

@@ -7,10 +7,12 @@ No pickle anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,33 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def staged_dir(out: Path) -> Iterator[Path]:
+    """A directory to fill in place of ``out``, built beside it and swapped in when the block completes.
+
+    An interrupted or failed build leaves ``out`` as it was (or absent): never new weights beside an
+    old config. Entries of the old ``out`` that the build did not make (a model card, notes) are kept.
+    """
+    out = Path(out)
+    stage, old = out.with_name(f".{out.name}.new"), out.with_name(f".{out.name}.old")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if out.is_dir():
+        for entry in out.iterdir():
+            if not (stage / entry.name).exists():
+                entry.rename(stage / entry.name)
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    stage.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -25,7 +25,16 @@ from torch import Tensor
 from seqformer.config import FORMAT_VERSION, ModelConfig, read_json, to_dict
 from seqformer.data.tokenizer import Tokenizer, Vocab
 from seqformer.errors import ConfigError, ModelDirError
-from seqformer.io import ModelDir, atomic_write_text, copy_tokenizer, import_state, load_weights, save_weights, write_config
+from seqformer.io import (
+    ModelDir,
+    atomic_write_text,
+    copy_tokenizer,
+    import_state,
+    load_weights,
+    save_weights,
+    staged_dir,
+    write_config,
+)
 from seqformer.model.embeddings import sinusoid_table
 from seqformer.model.transformer import Seq2SeqTransformer
 
@@ -213,6 +222,8 @@ class MarianImport:
 def read_marian(path: str | Path) -> MarianImport:
     """Read and convert a local Marian directory (no network)."""
     path = Path(path)
+    if (path / "config.json").is_file():
+        read_json(path / "config.json")  # a malformed file is named with its line, not "not a Marian directory"
     if not is_marian_dir(path):
         raise ModelDirError(f"{path}: not a Hugging Face Marian directory (config.json with model_type 'marian')")
     hf = read_json(path / "config.json")
@@ -257,12 +268,12 @@ def import_marian(hf_dir: str | Path, out_dir: str | Path, dtype: str = "float32
     imp = read_marian(hf_dir)
     original = read_json(Path(hf_dir) / "config.json")
     model = build_model(imp)
-    out.mkdir(parents=True, exist_ok=True)
     files = imp.files
-    copy_tokenizer(sorted({files.src_spm, files.tgt_spm, files.vocab, files.tgt_vocab}), out)
-    save_weights(out / "model.safetensors", model, torch.float16 if dtype == "float16" else None)
-    write_config(out, imp.model_cfg, files.src_spm.name, files.tgt_spm.name, files.src_lang, files.tgt_lang,
-                 weights_dtype=dtype, tokenizer_extra=files.config_section())
-    # The original config, for provenance (generation defaults such as num_beams live there).
-    atomic_write_text(out / "marian_config.json", json.dumps(original, indent=2) + "\n")
+    with staged_dir(out) as stage:
+        copy_tokenizer(sorted({files.src_spm, files.tgt_spm, files.vocab, files.tgt_vocab}), stage)
+        save_weights(stage / "model.safetensors", model, torch.float16 if dtype == "float16" else None)
+        write_config(stage, imp.model_cfg, files.src_spm.name, files.tgt_spm.name, files.src_lang, files.tgt_lang,
+                     weights_dtype=dtype, tokenizer_extra=files.config_section())
+        # The original config, for provenance (generation defaults such as num_beams live there).
+        atomic_write_text(stage / "marian_config.json", json.dumps(original, indent=2) + "\n")
     return out

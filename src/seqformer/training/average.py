@@ -12,7 +12,7 @@ import torch
 from seqformer.config import ModelConfig, from_dict, read_json
 from seqformer.data.tokenizer import Tokenizer
 from seqformer.errors import ModelDirError
-from seqformer.io import atomic_write_bytes, import_state, save_weights
+from seqformer.io import atomic_write_bytes, import_state, save_weights, staged_dir
 from seqformer.model.transformer import Seq2SeqTransformer
 from seqformer.training.checkpoint import list_checkpoints, model_tensors
 
@@ -39,16 +39,22 @@ def average_checkpoints(run_dir: Path, last: int, out: Path | None = None, dtype
         warnings.warn(f"{run_dir / 'checkpoints'} holds {len(paths)} checkpoint(s), fewer than --last {last}: "
                       f"averaging those {len(paths)}", stacklevel=2)
     out = Path(out) if out is not None else Path(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
     config = read_json(run_dir / "config.json")
     model = Seq2SeqTransformer(from_dict(ModelConfig, config["model"]))
     import_state(model, average_tensors(paths), f"average of {len(paths)} checkpoints")
-    if out.resolve() != Path(run_dir).resolve():
-        names = set(Tokenizer.files(config["tokenizer"]).values())  # vocab tables too (imported models)
-        for name in sorted(names | ({"training.json"} if (run_dir / "training.json").is_file() else set())):
-            shutil.copyfile(run_dir / name, out / name)
     config["weights_dtype"] = dtype
     config["averaged_from"] = [p.name for p in paths]
-    atomic_write_bytes(out / "config.json", (json.dumps(config, indent=2) + "\n").encode())
-    save_weights(out / "model.safetensors", model, torch.float16 if dtype == "float16" else None)
+    if out.resolve() == Path(run_dir).resolve():  # the run's own model: same files, two atomic writes
+        _write(out, model, config, dtype)
+        return out
+    with staged_dir(out) as stage:  # a separate directory is swapped in whole
+        names = set(Tokenizer.files(config["tokenizer"]).values())  # vocab tables too (imported models)
+        for name in sorted(names | ({"training.json"} if (run_dir / "training.json").is_file() else set())):
+            shutil.copyfile(run_dir / name, stage / name)
+        _write(stage, model, config, dtype)
     return out
+
+
+def _write(out: Path, model: Seq2SeqTransformer, config: dict, dtype: str) -> None:
+    save_weights(out / "model.safetensors", model, torch.float16 if dtype == "float16" else None)
+    atomic_write_bytes(out / "config.json", (json.dumps(config, indent=2) + "\n").encode())
