@@ -146,6 +146,7 @@ def test_non_finite_numbers_give_422_not_500(client, field, value):
     body = b'{"text": "x", "sampling": true, "%s": %s}' % (field.encode(), value)
     reply = client.post("/translate", content=body, headers={"content-type": "application/json"})
     assert reply.status_code == 422 and reply.json()["field"] == field
+    assert "finite number" in reply.json()["error"]  # NaN said "should be less than or equal to 5"
 
 
 def test_invalid_json_and_unknown_route(client):

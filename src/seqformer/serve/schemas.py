@@ -26,10 +26,10 @@ def request_model(cfg: ServeConfig, vocab_size: int) -> type[BaseModel]:
                               description="1 = greedy")),
         nbest=(int, Field(1, ge=1, le=cfg.max_nbest, description="alternatives per text (<= beam_size unless sampling)")),
         sampling=(bool, Field(False, description="sample instead of searching; nbest samples per text")),
-        temperature=(float, Field(d.temperature, ge=MIN_TEMPERATURE, le=MAX_TEMPERATURE)),
+        temperature=(float, Field(d.temperature, ge=MIN_TEMPERATURE, le=MAX_TEMPERATURE, allow_inf_nan=False)),
         top_k=(int, Field(d.top_k, ge=0, le=vocab_size, description="0 = no top-k filter")),
-        top_p=(float, Field(d.top_p, gt=0, le=1)),
-        length_penalty=(float, Field(d.length_penalty, ge=0, le=MAX_LENGTH_PENALTY)),
+        top_p=(float, Field(d.top_p, gt=0, le=1, allow_inf_nan=False)),
+        length_penalty=(float, Field(d.length_penalty, ge=0, le=MAX_LENGTH_PENALTY, allow_inf_nan=False)),
         seed=(int | None, Field(None, ge=0, le=2**31 - 1, description=(
             "sampling seed: the same request samples the same again (such requests run alone); "
             "a text's samples also depend on the other texts of the request"))),
