@@ -7,9 +7,10 @@ import math
 
 import pytest
 import torch
-from conftest import random_ids, set_attention_impl, src_batch, tiny_model
+from conftest import random_ids, set_attention_impl, src_batch, tiny_config, tiny_model
 
 from seqformer.model.attention import MultiHeadAttention
+from seqformer.model.transformer import Seq2SeqTransformer
 
 VARIANTS = [
     dict(pre_norm=False, positional="sinusoidal"),
@@ -250,3 +251,15 @@ def test_transposed_output_gives_the_same_logits_and_follows_the_weights(variant
     model.transpose_output(False)
     torch.testing.assert_close(doubled, model(src, mask, tgt), atol=1e-6, rtol=1e-6)
     assert not torch.allclose(doubled, plain)
+
+
+@torch.no_grad()
+def test_dropout_is_off_in_eval_mode():
+    noisy = tiny_model(seed=6, dropout=0.3, attention_dropout=0.3, activation_dropout=0.3)  # eval mode
+    clean = Seq2SeqTransformer(tiny_config(dropout=0.0)).eval()
+    clean.load_state_dict(noisy.state_dict())
+    src, mask = src_batch(random_ids([6, 4], 29, seed=3))
+    tgt = torch.tensor(random_ids([5, 5], 29, seed=4))  # (B, T)
+    torch.testing.assert_close(noisy(src, mask, tgt), clean(src, mask, tgt), rtol=0, atol=0)
+    noisy.train()  # the control: the same dropout rates do change the output in training mode
+    assert not torch.allclose(noisy(src, mask, tgt), clean(src, mask, tgt))

@@ -108,10 +108,16 @@ def test_attention_on_request(client, translator):
     assert (len(per_head), len(per_head[0]), len(per_head[0][0])) == (mc.n_decoder_layers, mc.n_heads, len(rows))
 
 
-def test_sampling_with_seed_is_reproducible(client):
+def test_sampling_with_seed_is_reproducible(client, translator):
     body = {"text": "The old tree.", "sampling": True, "nbest": 3, "seed": 7, "top_k": 10, "temperature": 0.8}
     first, second = (client.post("/translate", json=body).json() for _ in range(2))
     assert first == second and len(first["results"][0]["translations"]) == 3
+    # The service's samples are the library's with the same options (a dropped option, e.g. a beam search
+    # in place of sampling, would be just as repeatable), and another seed draws others.
+    want = translator.translate_nbest(["The old tree."], sampling=True, nbest=3, seed=7, top_k=10, temperature=0.8)
+    assert [h["text"] for h in first["results"][0]["translations"]] == [h.text for h in want[0]]
+    others = [client.post("/translate", json={**body, "seed": s}).json() for s in (8, 9, 10)]
+    assert any(o["results"] != first["results"] for o in others)
 
 
 @pytest.mark.parametrize("body, field", [
