@@ -332,6 +332,12 @@ def test_attention_is_returned_per_output_token(beam_size):
         assert att.shape == (cfg.n_decoder_layers, cfg.n_heads, len(hyp.tokens) + 1, src.size(1))
         torch.testing.assert_close(att.sum(-1), torch.ones(att.shape[:-1]))
         assert att[..., mask[b]].eq(0).all()
+        # The oracle: teacher-forcing this hypothesis gives the same weights (a beam reorder that attached
+        # another beam's history would keep the shapes and row sums above).
+        memory = model.encode(src[b : b + 1], mask[b : b + 1])  # (1, S, D)
+        tgt_in = torch.tensor([[cfg.decoder_start_id, *hyp.tokens]])  # (1, T)
+        _, weights = model.decoder(tgt_in, memory, mask[b : b + 1], need_weights=True)  # L x (1, H, T, S)
+        torch.testing.assert_close(att, torch.cat(weights), atol=1e-5, rtol=1e-5)
 
 
 # --- sampling filters on hand-made distributions -------------------------------------------------
