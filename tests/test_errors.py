@@ -123,6 +123,23 @@ def test_a_piped_line_is_translated_while_the_pipe_stays_open(model_dir):
     assert [first.rstrip("\n"), *rest.splitlines()] == want
 
 
+def test_piped_lines_that_arrived_together_are_batched_together():
+    # The other side of translating a line as soon as nothing else waits: lines already in the pipe (a file
+    # piped in) are batched, not translated one by one (a buffered reader hid them from select()).
+    from seqformer.commands import _arriving_lines
+
+    read, write = os.pipe()
+    os.write(write, b"a\nb\nc\npart")
+    lines = _arriving_lines(read)
+    assert [next(lines) for _ in range(3)] == [(b"a\n", True), (b"b\n", True), (b"c\n", True)]  # "part" waits
+    os.write(write, b"ial\n")
+    assert next(lines) == (b"partial\n", False)  # nothing more in the pipe: translate now
+    os.write(write, b"no newline at the end")
+    os.close(write)
+    assert list(lines) == [(b"no newline at the end", False)]
+    os.close(read)
+
+
 def test_input_may_be_a_pipe(model_dir):
     result = subprocess.run([*seqformer_command(), "translate", "--model", str(model_dir), "--input", "/dev/stdin"],
                             capture_output=True, input=b"a b\n", env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)

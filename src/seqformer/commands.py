@@ -69,12 +69,27 @@ def _text_args(texts: list[str]) -> list[str]:
     return list(texts)
 
 
-def _more_ready(stream) -> bool:
-    """Whether ``stream`` has input waiting (so a pipe's lines are batched, not held back for more)."""
+def _more_ready(fd: int) -> bool:
+    """Whether input is waiting on ``fd`` (so a pipe's lines are batched, not held back for more)."""
     try:
-        return bool(select.select([stream], [], [], 0)[0])
+        return bool(select.select([fd], [], [], 0)[0])
     except (OSError, ValueError):  # not selectable: batch as the chunk size says
         return True
+
+
+def _arriving_lines(fd: int) -> Iterator[tuple[bytes, bool]]:
+    """The lines of ``fd`` as they arrive, each with whether more input is already waiting.
+
+    Read from the descriptor itself: a buffered reader may hold lines that select() cannot see.
+    """
+    pending = b""
+    while data := os.read(fd, 1 << 16):
+        pending += data
+        *lines, pending = pending.split(b"\n")
+        for i, line in enumerate(lines):
+            yield line + b"\n", i + 1 < len(lines) or bool(pending) or _more_ready(fd)
+    if pending:
+        yield pending, False
 
 
 def _chunks(args: argparse.Namespace, batch_size: int) -> Iterator[list[str]]:
@@ -92,10 +107,17 @@ def _chunks(args: argparse.Namespace, batch_size: int) -> Iterator[list[str]]:
             yield lines[i : i + batch_size]
         return
     interactive = sys.stdin.isatty()
+    waiting = [False]  # whether more input waits after the line just read
+
+    def raw_lines() -> Iterator[bytes]:
+        for line, more in _arriving_lines(sys.stdin.fileno()):
+            waiting[0] = more
+            yield line
+
     chunk: list[str] = []
-    for line in decode_lines(iter(sys.stdin.buffer.readline, b""), "<stdin>"):  # readline: no read-ahead
+    for line in decode_lines(raw_lines(), "<stdin>"):
         chunk.append(line)
-        if interactive or len(chunk) >= batch_size or not _more_ready(sys.stdin):
+        if interactive or len(chunk) >= batch_size or not waiting[0]:
             yield chunk
             chunk = []
     if chunk:
