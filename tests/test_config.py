@@ -86,6 +86,7 @@ def test_good_edge_values_are_accepted():
     assert TrainConfig(adam_betas=[0.9, 0.99]).adam_betas == (0.9, 0.99)
     TrainConfig(tokenizer="en/src.spm,fr/tgt.spm")
     TrainConfig(tokenizer="spm.model,spm.model")
+    TrainConfig(tokenizer="./a/spm.model,a/spm.model")  # one file, spelled twice
     TrainConfig(clip_norm=0.0, patience=0, weight_decay=0.0, adam_betas=(0.0, 0.0), adam_eps=0.0)  # the "off" values
 
 

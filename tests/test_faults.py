@@ -223,8 +223,8 @@ def test_resume_applies_the_recipes_adam_settings_and_warns_of_a_changed_data_or
         train(resumed, resume=True, progress=False)
     (path,) = [p for p in ckpt.list_checkpoints(tmp_path / "run" / "checkpoints") if "06" in p.name]
     groups = json.loads(ckpt.read_checkpoint(path)[1]["param_groups"])
-    # Loading the checkpoint's optimizer state brought back weight decay 0.1: in plain Adam that is an L2
-    # penalty the recipe no longer asks for, and the new betas were dropped.
+    # Loading the checkpoint's optimizer state brought back weight decay 0.1 (a decay the recipe no longer
+    # asks for, carried into Adam with AdamW's decoupled flag), and the new betas were dropped.
     assert [(g["weight_decay"], tuple(g["betas"])) for g in groups] == [(0.0, (0.9, 0.99))] * len(groups)
     assert "weight_decay: 0.1 -> 0.0" in caplog.text and "betas: (0.9, 0.98) -> (0.9, 0.99)" in caplog.text
     assert "seed was 3, now 4" in caplog.text and "not an exact resume" in caplog.text

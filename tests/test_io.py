@@ -125,21 +125,30 @@ def test_int8_reaches_the_tied_output_projection_and_keeps_the_logits(tmp_path, 
     assert (ref.softmax(-1) - got.softmax(-1)).abs().sum(-1).max() < 0.4
 
 
-def test_a_staged_directory_replaces_the_old_one_whole_or_not_at_all(tmp_path):
+def test_a_staged_directory_replaces_the_old_files_whole_or_not_at_all(tmp_path):
     from seqformer.io import staged_dir
 
     out = tmp_path / "model"
     out.mkdir()
     (out / "config.json").write_text("old config")
+    (out / "model.safetensors").write_text("old weights")
     (out / "MODEL_CARD.md").write_text("card")
     with pytest.raises(RuntimeError), staged_dir(out) as stage:
-        (stage / "config.json").write_text("new config")
-        raise RuntimeError("interrupted before the weights")  # a plain write left new config + old weights
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no stage left behind
-    assert (out / "config.json").read_text() == "old config"
+        (stage / "model.safetensors").write_text("new weights")
+        raise RuntimeError("interrupted before the config")  # a plain write left new weights + old config
+    assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "config.json", "model.safetensors"]
+    assert (out / "model.safetensors").read_text() == "old weights"
 
-    with staged_dir(out) as stage:
+    link = tmp_path / "link"
+    link.symlink_to(out)  # through a symlink: the target's files are replaced, the link stays a link
+    with staged_dir(link) as stage:
         (stage / "config.json").write_text("new config")
-    assert (out / "config.json").read_text() == "new config"
-    assert (out / "MODEL_CARD.md").read_text() == "card"  # what the build does not make is kept
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+        (stage / "model.safetensors").write_text("new weights")
+    assert link.is_symlink() and (out / "config.json").read_text() == "new config"
+    assert (out / "model.safetensors").read_text() == "new weights"
+    assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "config.json", "model.safetensors"]
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ModelDirError, match="exists and is not a directory"), staged_dir(tmp_path / "file"):
+        pass
+    assert (tmp_path / "file").read_text() == "x"

@@ -84,8 +84,10 @@ def _arriving_lines(fd: int) -> Iterator[tuple[bytes, bool]]:
     """
     pending = b""
     while data := os.read(fd, 1 << 16):
-        pending += data
-        *lines, pending = pending.split(b"\n")
+        if b"\n" not in data:  # part of a long line: no need to split what came before again
+            pending += data
+            continue
+        *lines, pending = (pending + data).split(b"\n")
         for i, line in enumerate(lines):
             yield line + b"\n", i + 1 < len(lines) or bool(pending) or _more_ready(fd)
     if pending:
@@ -142,10 +144,10 @@ def translate(args: argparse.Namespace) -> int:
     if args.text and args.input:
         raise ConfigError(f"give TEXT arguments or --input {args.input}, not both")
     _check_output(args.output)
-    translator = _translator(args)
     cfg = _decode_config(args)
     if cfg.nbest > 1 and not args.json:
         raise ConfigError(f"--nbest {cfg.nbest} needs --json (plain output is one translation per input line)")
+    translator = _translator(args)
     options: dict[str, Any] = asdict(cfg)
     if args.seed is not None:
         options["seed"] = args.seed
@@ -204,8 +206,12 @@ def serve(args: argparse.Namespace) -> int:
     cfg = from_dict(ServeConfig, picked(args, ServeConfig))
     check_installed()
     check_model(args.model)
-    with bind(cfg) as sock:
-        run(_translator(args), cfg, sock)
+    sockets = bind(cfg)
+    try:
+        run(_translator(args), cfg, sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
     return 0
 
 

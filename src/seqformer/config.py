@@ -160,7 +160,7 @@ class TrainConfig:
             files = self.tokenizer.split(",")
             _check(len(files) in (1, 2), f"tokenizer must be one SentencePiece model or two (source,target), "
                                          f"found {len(files)}: {self.tokenizer!r}")
-            if len(files) == 2 and files[0] != files[1]:
+            if len(files) == 2 and Path(files[0]).resolve() != Path(files[1]).resolve():
                 _check(Path(files[0]).name != Path(files[1]).name,
                        f"tokenizer: {files[0]} and {files[1]} have the same file name, and both are copied into "
                        f"the run directory under it (the target model would replace the source one): rename one")

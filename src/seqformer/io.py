@@ -67,31 +67,32 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+STAGE = ".staging"  # inside the target directory: the same filesystem, whatever is mounted where
+
+
 @contextlib.contextmanager
 def staged_dir(out: Path) -> Iterator[Path]:
-    """A directory to fill in place of ``out``, built beside it and swapped in when the block completes.
+    """A directory to write ``out``'s new files into; when the block completes they replace the old ones.
 
-    An interrupted or failed build leaves ``out`` as it was (or absent): never new weights beside an
-    old config. Entries of the old ``out`` that the build did not make (a model card, notes) are kept.
+    The files are built in ``out/.staging`` and moved in one ``os.replace`` each, config.json last, so an
+    interrupted or failed build leaves ``out`` as it was (never new weights beside an old config for the
+    length of a build). Other files in ``out`` (a model card, notes) are left alone; ``out`` itself
+    stays the same directory (a symlink, a mount point or the working directory included).
     """
     out = Path(out)
-    stage, old = out.with_name(f".{out.name}.new"), out.with_name(f".{out.name}.old")
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
+    if out.exists() and not out.is_dir():
+        raise ModelDirError(f"{out}: exists and is not a directory")
+    stage = out / STAGE
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(stage, ignore_errors=True)  # left by a killed build
+    stage.mkdir()
     try:
         yield stage
-    except BaseException:
+        names = sorted(p.name for p in stage.iterdir())
+        for name in sorted(names, key=lambda n: n == "config.json"):  # config.json last
+            os.replace(stage / name, out / name)
+    finally:
         shutil.rmtree(stage, ignore_errors=True)
-        raise
-    if out.is_dir():
-        for entry in out.iterdir():
-            if not (stage / entry.name).exists():
-                entry.rename(stage / entry.name)
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    stage.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

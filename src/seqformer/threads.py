@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
@@ -14,12 +15,14 @@ THREADS_PER_CORE = 4  # above this, oversubscription only slows things down
 def set_threads(n: int, name: str = "--threads") -> None:
     """Use ``n`` CPU threads (0 keeps PyTorch's choice).
 
-    Counts far above the machine's cores are refused: PyTorch accepts 100000 and then dies with a
-    segmentation fault at the first matrix product.
+    More than THREADS_PER_CORE per core are lowered to that, with a warning: PyTorch accepts 100000 and
+    then dies with a segmentation fault at the first matrix product.
     """
+    if n < 0:
+        raise ConfigError(f"{name} must be >= 0 (0: PyTorch's choice), found {n}")
     most = THREADS_PER_CORE * (os.cpu_count() or 1)
-    if not 0 <= n <= most:
-        raise ConfigError(f"{name} must be between 0 (PyTorch's choice) and {most} "
-                          f"({THREADS_PER_CORE} per CPU core), found {n}")
+    if n > most:
+        warnings.warn(f"{name} {n} is more than {THREADS_PER_CORE} per CPU core: using {most}", stacklevel=2)
+        n = most
     if n:
         torch.set_num_threads(n)

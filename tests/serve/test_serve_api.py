@@ -283,9 +283,26 @@ def test_serve_on_a_port_in_use_fails_at_once_in_one_line(tiny_model_dir, capsys
     assert "Traceback" not in err
 
 
-def test_serve_on_a_host_that_does_not_resolve_is_one_line(tiny_model_dir, capsys):
+def test_serve_on_a_host_that_does_not_resolve_is_one_line(tiny_model_dir, capsys, monkeypatch):
+    def no_such_host(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)  # no real lookup: the test runs without a network
     assert main(["serve", "--model", str(tiny_model_dir), "--host", "no-such-host.invalid", "--port", "0"]) == 1
     assert "--host no-such-host.invalid: cannot resolve it" in capsys.readouterr().err
+
+
+def test_localhost_is_served_on_every_address_it_resolves_to():
+    from seqformer.serve.server import bind
+
+    port = _free_port()
+    sockets = bind(ServeConfig(host="localhost", port=port))
+    try:  # one address only (often ::1 first) left 127.0.0.1 refused
+        want = {family for family, *_ in socket.getaddrinfo("localhost", port, type=socket.SOCK_STREAM)}
+        assert {s.family for s in sockets} == want and socket.AF_INET in want
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _free_port() -> int:

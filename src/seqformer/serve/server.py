@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import logging
 import socket
@@ -26,36 +27,51 @@ def check_model(model: str | None) -> None:
                             "pass --model DIR with a trained model directory")
 
 
-def bind(cfg: ServeConfig) -> socket.socket:
-    """The service's socket, bound before the model loads: a port in use or a host that does not
-    resolve is a one-line error at once (uvicorn reported it after loading, and exited with status 3)."""
+def bind(cfg: ServeConfig) -> list[socket.socket]:
+    """The service's sockets, bound before the model loads: a port in use or a host that does not resolve is a
+    one-line error at once (uvicorn reported it after loading, and exited with status 3). Every address the
+    host resolves to is bound (``localhost``: IPv4 and IPv6), as uvicorn does; listening starts with the server."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(cfg.host, cfg.port, type=socket.SOCK_STREAM)[0]
+        infos = socket.getaddrinfo(cfg.host, cfg.port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as err:
         raise ConfigError(f"--host {cfg.host}: cannot resolve it ({getattr(err, 'strerror', None) or err})") from None
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart without waiting
-        sock.bind(address)
-        sock.listen()  # connections wait in the backlog until the server accepts them
-    except OSError as err:
-        sock.close()
-        raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port} ({err.strerror or err})") from None
-    return sock
+    sockets: list[socket.socket] = []
+    for family, kind, proto, _, address in infos[:1] if cfg.port == 0 else infos:  # port 0: one random port
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart without waiting
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # its IPv4 twin is bound on its own
+            sock.bind(address)
+        except OSError as err:
+            sock.close()
+            if err.errno == errno.EADDRNOTAVAIL and len(infos) > 1:  # e.g. ::1 on a host without IPv6
+                continue
+            for other in sockets:
+                other.close()
+            raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port} ({err.strerror or err})") from None
+        sockets.append(sock)
+    if not sockets:
+        raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port} (no usable address)")
+    return sockets
 
 
-def run(translator: Translator, cfg: ServeConfig, sock: socket.socket) -> None:
-    """Serve on ``sock`` (from :func:`bind`) until interrupted."""
+def run(translator: Translator, cfg: ServeConfig, sockets: list[socket.socket]) -> None:
+    """Serve on ``sockets`` (from :func:`bind`) until interrupted."""
     import uvicorn
 
     from seqformer.serve.app import create_app
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if not self.should_exit:  # uvicorn logs this only for sockets it opened itself; scripts wait for it
+                host, port = (f"[{cfg.host}]" if ":" in cfg.host else cfg.host), sockets[0].getsockname()[1]
+                logging.getLogger("uvicorn.error").info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)",
+                                                        host, port)
 
     if not cfg.loopback:
         log.warning("listening on %s: reachable from other machines, with no authentication", cfg.host)
     config = uvicorn.Config(create_app(translator, cfg), host=cfg.host, port=cfg.port, access_log=cfg.access_log,
                             log_level="info", timeout_graceful_shutdown=5)
-    host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
-    # uvicorn logs this itself only when it opens the socket (scripts wait for this line)
-    logging.getLogger("uvicorn.error").info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", host,
-                                            sock.getsockname()[1])
-    uvicorn.Server(config).run(sockets=[sock])
+    Server(config).run(sockets=sockets)

@@ -47,7 +47,7 @@ def average_checkpoints(run_dir: Path, last: int, out: Path | None = None, dtype
     if out.resolve() == Path(run_dir).resolve():  # the run's own model: same files, two atomic writes
         _write(out, model, config, dtype)
         return out
-    with staged_dir(out) as stage:  # a separate directory is swapped in whole
+    with staged_dir(out) as stage:  # built aside, then moved in file by file (config.json last)
         names = set(Tokenizer.files(config["tokenizer"]).values())  # vocab tables too (imported models)
         for name in sorted(names | ({"training.json"} if (run_dir / "training.json").is_file() else set())):
             shutil.copyfile(run_dir / name, stage / name)

@@ -48,8 +48,9 @@ def apply_recipe(opt: torch.optim.Optimizer, cfg: TrainConfig) -> list[str]:
     """Set the recipe's Adam settings on a resumed optimizer (loading its state brought the checkpoint's).
 
     Returns the settings that changed, as "name: old -> new". Without this a changed weight decay,
-    beta or epsilon on ``--resume`` was silently dropped, and a run resumed without weight decay from an
-    AdamW checkpoint got Adam's L2 penalty with the old coefficient.
+    beta or epsilon on ``--resume`` was silently dropped: a run resumed without weight decay from an
+    AdamW checkpoint kept decaying with the old coefficient (the loaded group also brings AdamW's
+    decoupled_weight_decay flag into Adam).
     """
     want = {"betas": tuple(cfg.adam_betas), "eps": cfg.adam_eps, "weight_decay": cfg.weight_decay}
     changed = []
