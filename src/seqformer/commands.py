@@ -82,16 +82,17 @@ def _arriving_lines(fd: int) -> Iterator[tuple[bytes, bool]]:
 
     Read from the descriptor itself: a buffered reader may hold lines that select() cannot see.
     """
-    pending = b""
+    pending = bytearray()  # the start of a line still arriving (grown in place: a long line stays linear)
     while data := os.read(fd, 1 << 16):
-        if b"\n" not in data:  # part of a long line: no need to split what came before again
+        if b"\n" not in data:
             pending += data
             continue
-        *lines, pending = (pending + data).split(b"\n")
+        *lines, rest = (bytes(pending) + data).split(b"\n")
+        pending = bytearray(rest)
         for i, line in enumerate(lines):
             yield line + b"\n", i + 1 < len(lines) or bool(pending) or _more_ready(fd)
     if pending:
-        yield pending, False
+        yield bytes(pending), False
 
 
 def _chunks(args: argparse.Namespace, batch_size: int) -> Iterator[list[str]]:

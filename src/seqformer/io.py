@@ -76,8 +76,9 @@ def staged_dir(out: Path) -> Iterator[Path]:
 
     The files are built in ``out/.staging`` and moved in one ``os.replace`` each, config.json last, so an
     interrupted or failed build leaves ``out`` as it was (never new weights beside an old config for the
-    length of a build). Other files in ``out`` (a model card, notes) are left alone; ``out`` itself
-    stays the same directory (a symlink, a mount point or the working directory included).
+    length of a build). Other files in ``out`` (a model card, notes, or an older model's files that the new
+    one does not have) are left alone; ``out`` itself stays the same directory (a symlink, a mount point or
+    the working directory included). Builds write files only, no subdirectories.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -305,6 +305,19 @@ def test_localhost_is_served_on_every_address_it_resolves_to():
             s.close()
 
 
+def test_a_second_service_on_the_same_port_fails_before_loading_its_model():
+    from seqformer.serve.server import bind
+
+    cfg = ServeConfig(host="127.0.0.1", port=_free_port())
+    first = bind(cfg)  # the first service, still loading its model
+    try:  # SO_REUSEADDR let the second bind too: it failed only at listen(), after loading its model
+        with pytest.raises(ConfigError, match="cannot listen on 127.0.0.1"):
+            bind(cfg)
+    finally:
+        for s in first:
+            s.close()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -30,22 +30,25 @@ def check_model(model: str | None) -> None:
 def bind(cfg: ServeConfig) -> list[socket.socket]:
     """The service's sockets, bound before the model loads: a port in use or a host that does not resolve is a
     one-line error at once (uvicorn reported it after loading, and exited with status 3). Every address the
-    host resolves to is bound (``localhost``: IPv4 and IPv6), as uvicorn does; listening starts with the server."""
+    host resolves to is bound (``localhost``: IPv4 and IPv6), as uvicorn does. Connections made while the model
+    loads wait in the listen backlog and are answered once the server starts."""
     try:
         infos = socket.getaddrinfo(cfg.host, cfg.port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as err:
         raise ConfigError(f"--host {cfg.host}: cannot resolve it ({getattr(err, 'strerror', None) or err})") from None
     sockets: list[socket.socket] = []
-    for family, kind, proto, _, address in infos[:1] if cfg.port == 0 else infos:  # port 0: one random port
+    unique = list(dict.fromkeys((family, kind, proto, address) for family, kind, proto, _, address in infos))
+    for family, kind, proto, address in unique[:1] if cfg.port == 0 else unique:  # port 0: one random port
         sock = socket.socket(family, kind, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart without waiting
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # its IPv4 twin is bound on its own
             sock.bind(address)
+            sock.listen()  # SO_REUSEADDR lets two processes bind one port: only listen() finds the other
         except OSError as err:
             sock.close()
-            if err.errno == errno.EADDRNOTAVAIL and len(infos) > 1:  # e.g. ::1 on a host without IPv6
+            if err.errno == errno.EADDRNOTAVAIL and len(unique) > 1:  # e.g. ::1 on a host without IPv6
                 continue
             for other in sockets:
                 other.close()
