@@ -238,7 +238,7 @@ def seqformer_side(path: str, mc: ModelConfig, tokenizer_file: Path, threads: in
     print(json.dumps({"engine": "seqformer", "model": str(mdir.path), "steps": info.get("step"),
                       "epoch": info.get("epoch"), "elapsed_s": info.get("elapsed_s"), "precision": info.get("precision"),
                       "threads": trained_threads}))
-    if trained_threads and trained_threads != threads:
+    if trained_threads and trained_threads != threads:  # 0: PyTorch's default (one per physical core)
         print(f"# note: the seqformer model trained on {trained_threads} thread(s), MarianMTModel here on {threads}")
     differ = [f.name for f in fields(ModelConfig) if getattr(translator.model.cfg, f.name) != getattr(mc, f.name)]
     if differ:
@@ -275,6 +275,9 @@ def parse_args() -> argparse.Namespace:
     args = ap.parse_args()
     if not args.no_train and not (args.minutes and args.minutes > 0):
         ap.error("--minutes is required to train (or pass --no-train to re-score the saved model)")
+    model = args.seqformer_model
+    if model and model != "bundled" and not (Path(model) / "config.json").is_file():  # before hours of training
+        ap.error(f"--seqformer-model {model}: no config.json there (a seqformer model directory)")
     return args
 
 

@@ -88,7 +88,9 @@ def marian_model(mc: ModelConfig):
 
 def marian_loss(model, b: Batch, label_smoothing: float) -> tuple[torch.Tensor, int]:
     """Summed label-smoothed cross-entropy over the non-padding target tokens, and their number."""
-    out = model(input_ids=b.src, attention_mask=(~b.src_pad_mask).long(), decoder_input_ids=b.tgt_in)
+    # use_cache=False: training needs no generation cache (building one costs the peer time per layer)
+    out = model(input_ids=b.src, attention_mask=(~b.src_pad_mask).long(), decoder_input_ids=b.tgt_in,
+                use_cache=False)
     labels = b.tgt_out.masked_fill(b.tgt_out.eq(b.pad_id), -100)
     loss = F.cross_entropy(out.logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
                            label_smoothing=label_smoothing, reduction="sum")
