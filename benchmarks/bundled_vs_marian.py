@@ -240,7 +240,8 @@ def seqformer_side(path: str, mc: ModelConfig, tokenizer_file: Path, threads: in
                       "threads": trained_threads}))
     if trained_threads and trained_threads != threads:  # 0: PyTorch's default (one per physical core)
         print(f"# note: the seqformer model trained on {trained_threads} thread(s), MarianMTModel here on {threads}")
-    differ = [f.name for f in fields(ModelConfig) if getattr(translator.model.cfg, f.name) != getattr(mc, f.name)]
+    differ = [f.name for f in fields(ModelConfig) if f.name not in ("init", "init_std")  # how training began
+              and getattr(translator.model.cfg, f.name) != getattr(mc, f.name)]
     if differ:
         print(f"# note: the seqformer model's architecture differs from the recipe's in {differ}")
     theirs = mdir.path / mdir.meta["tokenizer"]["src"]

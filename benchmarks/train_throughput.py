@@ -82,6 +82,7 @@ def marian_model(mc: ModelConfig):
         eos_token_id=mc.eos_id, forced_eos_token_id=mc.eos_id, decoder_start_token_id=mc.decoder_start_id,
         scale_embedding=mc.scale_embeddings, share_encoder_decoder_embeddings=mc.share_embeddings,
         tie_word_embeddings=mc.tie_output,
+        init_std=mc.init_std,  # Hugging Face's own scheme (normal), at the recipe's spread
     )
     return MarianMTModel(cfg)
 

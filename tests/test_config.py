@@ -35,6 +35,8 @@ def test_configs_are_frozen(cls):
     (ModelConfig, dict(src_vocab_size=100, tgt_vocab_size=200), "share_embeddings"),
     (ModelConfig, dict(tgt_vocab_size=8000, eos_id=8000), "eos_id"),
     (ModelConfig, dict(pad_id=-1), "pad_id"),
+    (ModelConfig, dict(init="kaiming"), "init must be one of"),
+    (ModelConfig, dict(init_std=0.0), "init_std"),
     (TrainConfig, dict(preset="huge"), "preset"),
     (TrainConfig, dict(vocab_size=8), "vocab_size"),
     (TrainConfig, dict(max_tokens=0), "max_tokens"),

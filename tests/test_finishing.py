@@ -127,3 +127,11 @@ def test_init_from_rejects_a_recipe_with_another_architecture(run_dir, data_dir,
     train(cfg, {"d_model": d_model}, progress=False)  # the same value is no clash
     with pytest.raises(ConfigError, match="d_model"):
         train(replace(cfg, out=str(tmp_path / "other")), {"d_model": 2 * d_model}, progress=False)
+
+
+def test_init_from_ignores_how_fresh_weights_would_be_drawn(run_dir, data_dir, tmp_path):
+    # init / init_std only choose a scratch model's first weights, which --init-from replaces: no clash.
+    cfg = tiny_config(data_dir, tmp_path / "more", max_steps=1, init_from=str(run_dir), tokenizer="")
+    train(cfg, {"init": "normal", "init_std": 0.05}, progress=False)
+    config = json.loads((tmp_path / "more" / "config.json").read_text())
+    assert config["model"] == json.loads((run_dir / "config.json").read_text())["model"]

@@ -253,6 +253,35 @@ def test_transposed_output_gives_the_same_logits_and_follows_the_weights(variant
     assert not torch.allclose(doubled, plain)
 
 
+@pytest.mark.parametrize("tie,positional", [(True, "sinusoidal"), (False, "learned")])
+def test_initialisation_follows_the_config(tie, positional):
+    """"normal": every projection, embedding and learned position N(0, init_std), padding row and
+    biases zero; "xavier": projections U(+-sqrt(6 / (fan_in + fan_out))), embeddings and learned positions
+    N(0, d^-1/2). The two are told apart by their spread, so a scheme that is ignored (or applied to the
+    wrong tensors) fails."""
+    extra = dict(d_model=64, d_ff=256, share_embeddings=tie, tie_output=tie, src_vocab_size=400,
+                 tgt_vocab_size=400, positional=positional)
+    torch.manual_seed(0)
+    normal = Seq2SeqTransformer(tiny_config(init="normal", init_std=0.05, **extra))
+    torch.manual_seed(0)
+    xavier = Seq2SeqTransformer(tiny_config(**extra))
+    checked = 0
+    for (name, p), (_, q) in zip(normal.named_parameters(), xavier.named_parameters()):
+        if p.dim() == 2:
+            rows = p[1:] if "embed" in name else p  # row 0: padding
+            assert rows.std().item() == pytest.approx(0.05, rel=0.1), name
+            own = "embed" in name or "positions" in name
+            expected = 64**-0.5 if own else math.sqrt(2 / sum(q.shape))
+            assert q.std().item() == pytest.approx(expected, rel=0.1), name
+            checked += 1
+        elif name.endswith(".bias") and "norm" not in name:
+            assert not p.any() and not q.any(), name
+    assert checked > 10
+    for model in (normal, xavier):
+        for emb in {id(model.encoder.embed): model.encoder.embed, id(model.decoder.embed): model.decoder.embed}.values():
+            assert not emb.weight[model.cfg.pad_id].any()
+
+
 @torch.no_grad()
 def test_dropout_is_off_in_eval_mode():
     noisy = tiny_model(seed=6, dropout=0.3, attention_dropout=0.3, activation_dropout=0.3)  # eval mode

@@ -83,9 +83,22 @@ class Seq2SeqTransformer(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        """Projections (and, for "normal", embeddings and learned positions) per ``cfg.init``; biases
+        zero; LayerNorms and sinusoids as built. "xavier" keeps the embeddings' own N(0, d^-1/2)."""
+        normal = self.cfg.init == "normal"
         for name, p in self.named_parameters():
-            if p.dim() == 2 and "embed" not in name and "positions" not in name:
-                nn.init.xavier_uniform_(p)
+            if p.dim() == 2 and "positions" in name:
+                if normal:
+                    nn.init.normal_(p, std=self.cfg.init_std)
+            elif p.dim() == 2:
+                if "embed" not in name and normal:
+                    nn.init.normal_(p, std=self.cfg.init_std)
+                elif "embed" not in name:
+                    nn.init.xavier_uniform_(p)
+                elif normal:
+                    with torch.no_grad():
+                        p.normal_(std=self.cfg.init_std)
+                        p[self.cfg.pad_id].zero_()
             elif name.endswith(".bias") and "norm" not in name:
                 nn.init.zeros_(p)
 

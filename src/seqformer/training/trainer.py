@@ -330,12 +330,17 @@ def _existing_model_config(out: Path) -> ModelConfig | None:
     return from_dict(ModelConfig, read_json(path)["model"])
 
 
+INIT_FIELDS = ("init", "init_std")
+
+
 def _init_model_dir(cfg: TrainConfig, overrides: dict[str, Any]) -> tuple[TrainConfig, ModelDir | None]:
     """With ``init_from``, the recipe takes that model's tokenizer files and architecture."""
     if not cfg.init_from:
         return cfg, None
     mdir = read_model_dir(Path(cfg.init_from))
     for name, value in overrides.items():
+        if name in INIT_FIELDS:  # how fresh weights are drawn: the model directory's weights replace them
+            continue
         if getattr(mdir.model_cfg, name, value) != value:
             raise ConfigError(f"--init-from {mdir.path} has {name}={getattr(mdir.model_cfg, name)!r}, "
                               f"the recipe asks for {value!r}: the architecture comes from the model directory")
