@@ -42,7 +42,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList,
 from transformers.utils.logging import disable_progress_bar
 
 from seqformer import Translator
-from seqformer.config import DecodeConfig, ModelConfig, TrainConfig, from_dict, load_recipe, to_dict
+from seqformer.config import INIT_FIELDS, DecodeConfig, ModelConfig, TrainConfig, from_dict, load_recipe, to_dict
 from seqformer.data.batching import Batch, bucket_batches, collate, encode_source, pad
 from seqformer.data.tokenizer import Tokenizer
 from seqformer.decoding.common import constrain, max_lengths
@@ -240,7 +240,7 @@ def seqformer_side(path: str, mc: ModelConfig, tokenizer_file: Path, threads: in
                       "threads": trained_threads}))
     if trained_threads and trained_threads != threads:  # 0: PyTorch's default (one per physical core)
         print(f"# note: the seqformer model trained on {trained_threads} thread(s), MarianMTModel here on {threads}")
-    differ = [f.name for f in fields(ModelConfig) if f.name not in ("init", "init_std")  # how training began
+    differ = [f.name for f in fields(ModelConfig) if f.name not in INIT_FIELDS  # how training began
               and getattr(translator.model.cfg, f.name) != getattr(mc, f.name)]
     if differ:
         print(f"# note: the seqformer model's architecture differs from the recipe's in {differ}")

@@ -23,6 +23,7 @@ ACTIVATIONS = ("relu", "gelu", "silu", "swish")
 POSITIONALS = ("sinusoidal", "learned")
 SINUSOID_LAYOUTS = ("interleaved", "split")
 INITS = ("xavier", "normal")
+INIT_FIELDS = ("init", "init_std")  # ModelConfig fields that only choose a scratch model's first weights
 
 
 def _check(cond: bool, msg: str) -> None:

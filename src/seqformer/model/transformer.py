@@ -87,18 +87,13 @@ class Seq2SeqTransformer(nn.Module):
         zero; LayerNorms and sinusoids as built. "xavier" keeps the embeddings' own N(0, d^-1/2)."""
         normal = self.cfg.init == "normal"
         for name, p in self.named_parameters():
-            if p.dim() == 2 and "positions" in name:
-                if normal:
-                    nn.init.normal_(p, std=self.cfg.init_std)
-            elif p.dim() == 2:
-                if "embed" not in name and normal:
-                    nn.init.normal_(p, std=self.cfg.init_std)
-                elif "embed" not in name:
-                    nn.init.xavier_uniform_(p)
-                elif normal:
-                    with torch.no_grad():
-                        p.normal_(std=self.cfg.init_std)
+            if p.dim() == 2 and normal:  # projections, embeddings and learned positions alike
+                with torch.no_grad():
+                    p.normal_(std=self.cfg.init_std)
+                    if "embed" in name:
                         p[self.cfg.pad_id].zero_()
+            elif p.dim() == 2 and "embed" not in name and "positions" not in name:
+                nn.init.xavier_uniform_(p)
             elif name.endswith(".bias") and "norm" not in name:
                 nn.init.zeros_(p)
 
