@@ -9,10 +9,10 @@ sentence text (a hash), so it is the same on every machine.
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import hashlib
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -53,5 +53,8 @@ def main(src: str, out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "../shared/data/tatoeba-en-fr/train.tsv.gz",
-         sys.argv[2] if len(sys.argv) > 2 else "work/tatoeba-en-fr")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("src", nargs="?", default="../shared/data/tatoeba-en-fr/train.tsv.gz")
+    ap.add_argument("out_dir", nargs="?", default="work/tatoeba-en-fr")
+    args = ap.parse_args()
+    main(args.src, args.out_dir)

@@ -300,3 +300,48 @@ def test_validation_scores_are_the_plain_nll_and_the_translators_bleu(model_dir)
     hyps = translator.translate([s for s, _ in pairs[:8]], beam_size=1, split=False)  # input order kept
     assert got["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [[t for _, t in pairs[:8]]]).score)
     assert got["bleu"] > 20
+
+
+def test_the_fused_optimizer_makes_the_recipes_adam_updates():
+    # make_optimizer picks PyTorch's fused Adam(W) kernel; it must compute the recipe's update, the one
+    # PyTorch's plain for-loop Adam(W) computes from the same gradients (betas, eps, decay all reaching it).
+    from seqformer.training.optim import make_optimizer
+
+    for decay in (0.0, 0.1):
+        cfg = TrainConfig(lr=3e-3, adam_betas=(0.8, 0.95), adam_eps=1e-6, weight_decay=decay)
+        fused_model, plain_model = tiny_model(0), tiny_model(0)
+        fused = make_optimizer(fused_model, cfg)
+        kind = torch.optim.AdamW if decay else torch.optim.Adam
+        plain = kind(plain_model.parameters(), lr=3e-3, betas=(0.8, 0.95), eps=1e-6, weight_decay=decay,
+                     foreach=False)
+        assert fused.defaults["fused"] and type(fused) is kind
+        for step in range(4):
+            for model, opt in ((fused_model, fused), (plain_model, plain)):
+                opt.zero_grad()
+                torch.manual_seed(step)
+                src, mask, tgt = _dummy(model)
+                model(src, mask, tgt).logsumexp(-1).sum().backward()
+                opt.step()
+        for (name, a), b in zip(fused_model.named_parameters(), plain_model.parameters()):
+            if "k_proj.bias" not in name:  # softmax ignores a key bias: its gradient is rounding noise, which Adam scales up
+                assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), name
+        assert not torch.equal(fused_model.output_weight, tiny_model(0).output_weight)  # it did move
+
+
+def test_resuming_a_checkpoint_of_the_plain_optimizer_runs_the_fused_one():
+    # A checkpoint written before fused Adam brings fused=None in its param groups; left so, a resumed
+    # run would silently fall back to the slow for-loop update.
+    from seqformer.training.optim import apply_recipe, make_optimizer
+
+    cfg = TrainConfig()
+    model = tiny_model(0)
+    old = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
+    src, mask, tgt = _dummy(model)
+    model(src, mask, tgt).sum().backward()
+    old.step()
+    opt = make_optimizer(model, cfg)
+    opt.load_state_dict(old.state_dict())
+    assert not opt.param_groups[0]["fused"]
+    assert apply_recipe(opt, cfg) == []  # not reported as a change of the recipe
+    assert all(g["fused"] for g in opt.param_groups)
+    opt.step()  # and the fused kernel accepts the loaded state

@@ -36,12 +36,19 @@ def scheduled_lr(step: int, cfg: TrainConfig) -> float:
     return inverse_sqrt_lr(start, cfg.lr, cfg.warmup_steps) * left / (cfg.cooldown_steps + 1)
 
 
+def _fused_ok(params: list[torch.nn.Parameter]) -> bool:
+    """PyTorch's fused Adam: one kernel per parameter instead of ~8 element-wise passes over each
+    (the for-loop implementation is PyTorch's default on CPU), for floating-point parameters on one
+    CPU or CUDA device."""
+    devices = {p.device.type for p in params}
+    return len(devices) == 1 and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam:
-    return torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay
-    ) if cfg.weight_decay > 0 else torch.optim.Adam(
-        model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps
-    )
+    params = list(model.parameters())
+    kind = torch.optim.AdamW if cfg.weight_decay > 0 else torch.optim.Adam
+    extra = {"weight_decay": cfg.weight_decay} if cfg.weight_decay > 0 else {}
+    return kind(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, fused=_fused_ok(params), **extra)
 
 
 def apply_recipe(opt: torch.optim.Optimizer, cfg: TrainConfig) -> list[str]:
@@ -60,6 +67,9 @@ def apply_recipe(opt: torch.optim.Optimizer, cfg: TrainConfig) -> list[str]:
             if old != value and f"{key}: {old} -> {value}" not in changed:
                 changed.append(f"{key}: {old} -> {value}")
             group[key] = value
+        # How the update is computed (not a setting of the recipe): the loaded group brings the saving
+        # optimizer's choice, e.g. the for-loop kind of a checkpoint written before fused Adam.
+        group["fused"], group["foreach"] = opt.defaults.get("fused"), opt.defaults.get("foreach")
     return changed
 
 
