@@ -228,3 +228,54 @@ def test_fine_tuning_an_imported_model_keeps_its_ids(marian, tmp_path):
     # averaging the run's checkpoints keeps the vocabulary tables too (it copied only the SentencePiece models)
     assert main(["average", str(tmp_path / "tuned"), "--last", "1", "--out", str(tmp_path / "avg")]) == 0
     assert Translator.load(tmp_path / "avg").translate(TEXTS, beam_size=2) == expected
+
+
+def test_training_gradients_match(marian):
+    # What the equal-recipe comparison with MarianMTModel rests on: on the same weights and batch (no
+    # dropout), seqformer's training loss (label-smoothed, real target positions only) and every gradient
+    # equal Hugging Face's (its loss computed as a Marian user would: logits everywhere, padding ignored).
+    import torch.nn.functional as F
+
+    from seqformer.data.batching import collate
+    from seqformer.marian import _embeddings, convert_state
+    from seqformer.training.optim import batch_loss
+
+    path, _, _ = marian
+    hf = MarianMTModel.from_pretrained(path).eval()  # eval: dropout off, gradients still flow
+    _, model = load_marian(path)
+    model.eval()
+    cfg = model.cfg
+    if cfg.final_logits_bias:  # a buffer in Hugging Face's model, a parameter here: hold it fixed as HF does
+        model.final_logits_bias.requires_grad_(False)
+    gen = torch.Generator().manual_seed(3)
+    special = {cfg.pad_id, cfg.eos_id, cfg.unk_id, cfg.decoder_start_id}
+
+    def ids(vocab: int, k: int) -> list[int]:
+        allowed = torch.tensor([i for i in range(vocab) if i not in special])
+        return allowed[torch.randint(len(allowed), (k,), generator=gen)].tolist()
+
+    examples = [(ids(cfg.src_vocab_size, n) + [cfg.eos_id], ids(cfg.tgt_vocab_size, m))
+                for n, m in ((7, 9), (3, 4), (11, 2), (5, 12))]  # ragged: padding on both sides
+    b = collate(examples, cfg.pad_id, cfg.decoder_start_id, cfg.eos_id)
+
+    loss, _, n = batch_loss(model, b, 0.1)
+    (loss / n).backward()
+    logits = hf(input_ids=b.src, attention_mask=(~b.src_pad_mask).long(), decoder_input_ids=b.tgt_in).logits
+    labels = b.tgt_out.masked_fill(b.tgt_out.eq(cfg.pad_id), -100)
+    theirs = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, label_smoothing=0.1,
+                             reduction="sum")
+    (theirs / n).backward()
+    torch.testing.assert_close(loss, theirs, atol=1e-4, rtol=1e-5)
+
+    grads = {name: p.grad for name, p in hf.named_parameters() if p.grad is not None}
+    grads["final_logits_bias"] = torch.zeros_like(hf.final_logits_bias)  # held fixed on both sides
+    enc, dec, out = _embeddings(hf.config.to_dict(), grads)
+    expected = convert_state(grads, enc, dec, out, cfg)
+    ours = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert set(ours) == set(expected) - {"final_logits_bias"} and len(ours) > 20
+    for name, grad in ours.items():  # per tensor, relative to its size: float32 sums in another order
+        if "k_proj.bias" in name:  # softmax ignores a shift of every key: zero but for rounding, on both sides
+            assert grad.norm() < 1e-4 and expected[name].norm() < 1e-4, name
+            continue
+        err = float((grad - expected[name]).norm() / expected[name].norm())
+        assert err < 2e-4, (name, err)

@@ -57,6 +57,7 @@ class TokenEmbedding(nn.Module):
 
     def __init__(self, vocab_size: int, dim: int, pad_id: int, scale: bool) -> None:
         super().__init__()
+        self.pad_id = pad_id
         self.weight = nn.Parameter(torch.empty(vocab_size, dim))
         nn.init.normal_(self.weight, mean=0.0, std=dim**-0.5)
         with torch.no_grad():
@@ -64,4 +65,7 @@ class TokenEmbedding(nn.Module):
         self.scale = math.sqrt(dim) if scale else 1.0
 
     def forward(self, tokens: Tensor) -> Tensor:
-        return nn.functional.embedding(tokens, self.weight) * self.scale  # (B, T, D)
+        # padding_idx: a lookup of the padding row passes it no gradient (as nn.Embedding and Hugging Face
+        # Marian). Padded positions are masked anyway; it matters where the padding id is also the decoder's
+        # start token (Marian / OPUS-MT): that row stays as imported when fine-tuning, as in Marian.
+        return nn.functional.embedding(tokens, self.weight, padding_idx=self.pad_id) * self.scale  # (B, T, D)
