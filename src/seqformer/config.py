@@ -142,6 +142,11 @@ class TrainConfig:
     valid_bleu_lines: int = 500
     valid_beam_size: int = 1
 
+    @property
+    def tokenizer_files(self) -> list[Path]:
+        """``tokenizer`` as paths: one joint SentencePiece model, or source and target; empty when unset."""
+        return [Path(p) for p in self.tokenizer.split(",")] if self.tokenizer else []
+
     def __post_init__(self) -> None:
         _check(self.preset in PRESETS, f"preset must be one of {tuple(PRESETS)}, found {self.preset!r}")
         _check(self.vocab_size >= 16, f"vocab_size must be >= 16, found {self.vocab_size}")
@@ -167,11 +172,11 @@ class TrainConfig:
         for name in ("log_every", "valid_every", "save_every"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1, found {getattr(self, name)}")
         if self.tokenizer:
-            files = self.tokenizer.split(",")
+            files = self.tokenizer_files
             _check(len(files) in (1, 2), f"tokenizer must be one SentencePiece model or two (source,target), "
                                          f"found {len(files)}: {self.tokenizer!r}")
-            if len(files) == 2 and Path(files[0]).resolve() != Path(files[1]).resolve():
-                _check(Path(files[0]).name != Path(files[1]).name,
+            if len(files) == 2 and files[0].resolve() != files[1].resolve():
+                _check(files[0].name != files[1].name,
                        f"tokenizer: {files[0]} and {files[1]} have the same file name, and both are copied into "
                        f"the run directory under it (the target model would replace the source one): rename one")
         _check(self.spm_model_type in ("unigram", "bpe"), "spm_model_type must be unigram or bpe")

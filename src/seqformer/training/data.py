@@ -29,7 +29,7 @@ class PreparedData:
 def _tokenizer_files(cfg: TrainConfig, out: Path, pairs: list[tuple[str, str]], write: bool) -> tuple[str, str]:
     """Names of the tokenizer files in ``out``; with ``write``, copy or train them there first."""
     if cfg.tokenizer:
-        files = [Path(p) for p in cfg.tokenizer.split(",")]
+        files = cfg.tokenizer_files
         if write:
             copy_tokenizer(files, out)
         names = [f.name for f in files]

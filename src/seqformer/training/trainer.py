@@ -343,7 +343,7 @@ def _init_model_dir(cfg: TrainConfig, overrides: dict[str, Any]) -> tuple[TrainC
                               f"the recipe asks for {value!r}: the architecture comes from the model directory")
     tok = mdir.meta["tokenizer"]
     files = [str(mdir.path / tok["src"]), str(mdir.path / tok["tgt"])]
-    if cfg.tokenizer and [Path(f).name for f in cfg.tokenizer.split(",")] != [Path(f).name for f in files]:
+    if cfg.tokenizer and [f.name for f in cfg.tokenizer_files] != [Path(f).name for f in files]:
         raise ConfigError(f"--init-from {mdir.path} brings its own tokenizer: drop --tokenizer {cfg.tokenizer}")
     return replace(cfg, tokenizer=files[0] if files[0] == files[1] else ",".join(files)), mdir
 
