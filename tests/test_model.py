@@ -264,7 +264,7 @@ def test_initialisation_follows_the_config(tie, positional):
     torch.manual_seed(0)
     normal = Seq2SeqTransformer(tiny_config(init="normal", init_std=0.05, **extra))
     torch.manual_seed(0)
-    xavier = Seq2SeqTransformer(tiny_config(**extra))
+    xavier = Seq2SeqTransformer(tiny_config(init="xavier", **extra))
     checked = 0
     for (name, p), (_, q) in zip(normal.named_parameters(), xavier.named_parameters()):
         if p.dim() == 2:
