@@ -328,20 +328,25 @@ def test_the_fused_optimizer_makes_the_recipes_adam_updates():
         assert not torch.equal(fused_model.output_weight, tiny_model(0).output_weight)  # it did move
 
 
-def test_resuming_a_checkpoint_of_the_plain_optimizer_runs_the_fused_one():
-    # A checkpoint written before fused Adam brings fused=None in its param groups; left so, a resumed
-    # run would silently fall back to the slow for-loop update.
-    from seqformer.training.optim import apply_recipe, make_optimizer
+def test_resuming_a_checkpoint_of_the_plain_optimizer_runs_the_fused_one(tmp_path):
+    # A checkpoint written before fused Adam brings fused=None in its param groups; restored as saved, a
+    # resumed run would silently fall back to the slow for-loop update (and keep Adam's step counters
+    # where the fused kernel refuses them on a GPU).
+    from seqformer.training.optim import make_optimizer
 
-    cfg = TrainConfig()
     model = tiny_model(0)
-    old = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
-    src, mask, tgt = _dummy(model)
-    model(src, mask, tgt).sum().backward()
+    old = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.98), eps=1e-9)
+    model(*_dummy(model)).sum().backward()
     old.step()
-    opt = make_optimizer(model, cfg)
-    opt.load_state_dict(old.state_dict())
-    assert not opt.param_groups[0]["fused"]
-    assert apply_recipe(opt, cfg) == []  # not reported as a change of the recipe
+    path = ckpt.save_checkpoint(tmp_path, model, old, ckpt.TrainState(step=1))
+    assert not json.loads(ckpt.read_checkpoint(path)[1]["param_groups"])[0]["fused"]
+    fresh = tiny_model(1)
+    opt = make_optimizer(fresh, TrainConfig())
+    tensors, meta = ckpt.read_checkpoint(path)
+    ckpt.restore(fresh, opt, tensors, meta, str(path))
     assert all(g["fused"] for g in opt.param_groups)
-    opt.step()  # and the fused kernel accepts the loaded state
+    for p_old, p_new in zip(old.state_dict()["state"].values(), opt.state_dict()["state"].values()):
+        assert all(torch.equal(torch.as_tensor(p_old[k]), torch.as_tensor(p_new[k])) for k in p_old)
+    fresh(*_dummy(fresh)).sum().backward()
+    opt.step()  # and the fused kernel accepts the restored state
+    assert all(int(s["step"]) == 2 for s in opt.state.values())

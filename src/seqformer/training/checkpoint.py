@@ -156,7 +156,12 @@ def restore(model: torch.nn.Module, opt: torch.optim.Optimizer, tensors: dict[st
     as they are if the checkpoint came from a run with fewer processes).
     """
     import_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, source)
-    opt.load_state_dict(_unflatten_optimizer(tensors, json.loads(meta["param_groups"])))
+    groups = json.loads(meta["param_groups"])
+    for group in groups:
+        for key in ("fused", "foreach"):  # the kernel is this optimizer's choice, not the saving one's: a
+            if key in opt.defaults:  # pre-fused checkpoint would fall back to the for-loop (and on a GPU keep
+                group[key] = opt.defaults[key]  # its step counters on the CPU, which the fused kernel refuses)
+    opt.load_state_dict(_unflatten_optimizer(tensors, groups))
     cpu_key = "rng.torch" if rank == 0 else f"rng.torch.{rank}"
     if cpu_key in tensors:
         torch.set_rng_state(tensors[cpu_key])

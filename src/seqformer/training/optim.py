@@ -67,9 +67,6 @@ def apply_recipe(opt: torch.optim.Optimizer, cfg: TrainConfig) -> list[str]:
             if old != value and f"{key}: {old} -> {value}" not in changed:
                 changed.append(f"{key}: {old} -> {value}")
             group[key] = value
-        # How the update is computed (not a setting of the recipe): the loaded group brings the saving
-        # optimizer's choice, e.g. the for-loop kind of a checkpoint written before fused Adam.
-        group["fused"], group["foreach"] = opt.defaults.get("fused"), opt.defaults.get("foreach")
     return changed
 
 
