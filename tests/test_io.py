@@ -152,3 +152,18 @@ def test_a_staged_directory_replaces_the_old_files_whole_or_not_at_all(tmp_path)
     with pytest.raises(ModelDirError, match="exists and is not a directory"), staged_dir(tmp_path / "file"):
         pass
     assert (tmp_path / "file").read_text() == "x"
+
+
+def test_a_config_written_before_the_init_field_reads_as_xavier(tmp_path, random_model, spm_file):
+    # Every model saved before ModelConfig.init existed started from Xavier; with the default now "normal",
+    # reading such a config.json as "normal" would mislabel it, and a --resume into its run directory
+    # before the first checkpoint would draw the wrong first weights.
+    from seqformer.training.trainer import _existing_model_config
+
+    write_model_dir(tmp_path / "m", random_model, spm_file)
+    assert read_model_dir(tmp_path / "m").model_cfg.init == random_model.cfg.init == "normal"
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    del config["model"]["init"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    assert read_model_dir(tmp_path / "m").model_cfg.init == "xavier"
+    assert _existing_model_config(tmp_path / "m").init == "xavier"

@@ -271,6 +271,11 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
     version = data.get("format_version")
     if version != FORMAT_VERSION:
         raise ConfigError(f"unsupported model format_version {version!r} (this seqformer reads {FORMAT_VERSION})")
+    model = data.get("model")
+    if isinstance(model, dict) and "init" not in model:
+        # Written before ModelConfig.init existed, when every model started from "xavier": keep saying so
+        # (a resumed run rewrites config.json, and one with no checkpoint yet draws its weights from it).
+        data = {**data, "model": {**model, "init": "xavier"}}
     return data
 
 
