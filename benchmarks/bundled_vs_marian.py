@@ -14,7 +14,8 @@ precision picks it. The clock counts batching and updates only, as the recipe's 
 sentences are then translated with generate() (greedy and beam 4) under seqformer's rules
 (length limit 1.2 * source + 10, </s> forced there, <pad> never emitted, length penalty 1,
 a sentence done when its beam has finished) and scored with multi-reference sacreBLEU.
-What is left is the peer's own: HF's initialisation, logits over padding positions, and
+What is left is the peer's own: its random draws (HF's initialisation scheme is seqformer's
+default, init "normal", but drawn in another order), logits over padding positions, and
 sines-then-cosines position channels.
 
 The trained model is saved (save_pretrained) in --work; --no-train re-scores it.

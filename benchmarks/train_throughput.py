@@ -4,8 +4,8 @@
 
 Both models: d_model 256, 3+3 layers, 4 heads, FFN 1024, a joint 8k SentencePiece
 vocabulary (trained here on the data), tied embeddings, dropout 0.1, label smoothing
-0.1, Adam(0.9, 0.98), PyTorch's fused kernel for both (seqformer's trainer uses it, and so does
-Hugging Face's Trainer by default). The batches are identical (seqformer's token-bucketed batches
+0.1, Adam(0.9, 0.98), PyTorch's fused kernel for both (seqformer's trainer uses it; Hugging Face's
+Trainer defaults to it with torch >= 2.8 in recent transformers). The batches are identical (seqformer's token-bucketed batches
 of ``--max-tokens``, first ``--steps`` of epoch 0 after ``--warmup`` untimed steps).
 Each engine runs in its own subprocess so peak memory (max RSS) is its own.
 Tokens/s counts source + target tokens. Needs ``transformers`` (the dev extra).
@@ -101,7 +101,7 @@ def marian_loss(model, b: Batch, label_smoothing: float) -> tuple[torch.Tensor, 
 
 def marian_step(vocab: int):
     model = marian_model(ModelConfig(src_vocab_size=vocab, tgt_vocab_size=vocab, **SHAPE)).train()
-    # fused: Hugging Face Trainer's default optimizer with torch >= 2.8 is the fused AdamW kernel
+    # fused: Hugging Face Trainer's default optimizer with torch >= 2.8 (recent transformers) is the fused kernel
     opt = torch.optim.Adam(model.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-9, fused=True)
 
     def step(b: Batch) -> None:

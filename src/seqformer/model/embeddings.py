@@ -67,5 +67,6 @@ class TokenEmbedding(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         # padding_idx: a lookup of the padding row passes it no gradient (as nn.Embedding and Hugging Face
         # Marian). Padded positions are masked anyway; it matters where the padding id is also the decoder's
-        # start token (Marian / OPUS-MT): that row stays as imported when fine-tuning, as in Marian.
+        # start token (Marian / OPUS-MT): fine-tuning then trains that row only as HF does, through a tied
+        # output layer, not through the start token's lookup.
         return nn.functional.embedding(tokens, self.weight, padding_idx=self.pad_id) * self.scale  # (B, T, D)
