@@ -61,8 +61,8 @@ def label(run: Path, pair: str) -> str:
     return f"{pair} (d{m['d_model']} {m['n_encoder_layers']}+{m['n_decoder_layers']})"
 
 
-def plot(curves: dict[str, list[tuple[float, float]]], out: Path) -> None:
-    """Dev BLEU against training wall time, one line per run (skipped without matplotlib)."""
+def plot(curves: dict[str, list[tuple[float, float]]], out: Path, dashed: frozenset[str] = frozenset()) -> None:
+    """Dev BLEU against training wall time, one line per run, ``dashed`` ones dashed (skipped without matplotlib)."""
     try:
         import matplotlib
 
@@ -72,7 +72,8 @@ def plot(curves: dict[str, list[tuple[float, float]]], out: Path) -> None:
         return
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for label, points in curves.items():
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label,
+                linestyle="--" if label in dashed else "-")
     ax.set_xlabel("training wall time (min, 2-core CPU)")
     ax.set_ylabel("val BLEU (greedy, cased sacreBLEU)")
     ax.set_title("Multi30k: seqformer")
@@ -120,10 +121,18 @@ def main() -> None:
     ap.add_argument("--beam-size", type=int, default=4)
     ap.add_argument("--chosen", help="skip the choice on val and score this model (best, avg3, ...) on test")
     ap.add_argument("--curves", type=Path, help="only plot val BLEU vs time of the en-fr and en-de runs to this PNG")
+    ap.add_argument("--also", action="append", default=[], metavar="RUN=LABEL",
+                    help="with --curves: another run directory's curve, under LABEL (repeatable)")
     args = ap.parse_args()
     if args.curves:
         runs = [(f"EN-{t.upper()}", recipe_run(t)) for t in ("fr", "de")]
-        plot({label(run, pair): curve(run) for pair, run in runs if (run / "train_log.jsonl").exists()}, args.curves)
+        curves = {label(run, pair): curve(run) for pair, run in runs if (run / "train_log.jsonl").exists()}
+        for extra in args.also:
+            path, sep, name = extra.partition("=")
+            if not sep or not (Path(path) / "train_log.jsonl").is_file():
+                ap.error(f"--also: expected RUN=LABEL with RUN/train_log.jsonl, found {extra!r}")
+            curves[name] = curve(Path(path))
+        plot(curves, args.curves, dashed=frozenset(e.partition("=")[2] for e in args.also))
         return
     run = recipe_run(args.tgt)
     if not args.no_train:

@@ -4,7 +4,7 @@
 # ~73 minutes of training on the 2-core CPU, recipes/multi30k-en-de.json), chooses between the best
 # checkpoint and averages of the last 3/5/8 on val, then scores test_2016_flickr once (cased sacreBLEU,
 # lowercased tokenized BLEU as the papers compute it, chrF).
-# About 77 minutes of wall time in all. Needs: pip install sacremoses matplotlib
+# About 76 minutes of wall time in all (estimated from its parts; it shared the CPU for a while). Needs: pip install sacremoses matplotlib
 #   bash recipes/multi30k-en-de.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
