@@ -25,7 +25,8 @@ def run_dir(tmp_path_factory, spm_file):
     rc = call_main("train", "--train", train, "--out", out, "--tokenizer", spm_file, "--preset", "tiny",
                    "--d-model", "32", "--n-heads", "2", "--n-encoder-layers", "1", "--n-decoder-layers", "1",
                    "--d-ff", "64", "--max-steps", "40", "--save-every", "20", "--log-every", "1", "--max-tokens", "128",
-                   "--lr", "0.003", "--warmup-steps", "2", "--precision", "fp32", "--no-share-embeddings", "--quiet")
+                   "--lr", "0.003", "--warmup-steps", "2", "--precision", "fp32", "--no-share-embeddings",
+                   "--init", "xavier", "--quiet")  # xavier: after 40 updates it already emits words, not just </s>
     assert rc == 0
     return out
 
@@ -34,6 +35,7 @@ def test_train_writes_a_model_directory(run_dir):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["model"]["d_model"] == 32 and config["model"]["n_encoder_layers"] == 1
     assert config["model"]["share_embeddings"] is False  # --no-share-embeddings reached ModelConfig
+    assert config["model"]["init"] == "xavier"  # and --init
     assert json.loads((run_dir / "training.json").read_text())["step"] == 40
     assert [p.name for p in ckpt.list_checkpoints(run_dir / "checkpoints")] == [
         "ckpt-00000020.safetensors", "ckpt-00000040.safetensors"]
