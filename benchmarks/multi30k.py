@@ -127,12 +127,14 @@ def main() -> None:
     if args.curves:
         runs = [(f"EN-{t.upper()}", recipe_run(t)) for t in ("fr", "de")]
         curves = {label(run, pair): curve(run) for pair, run in runs if (run / "train_log.jsonl").exists()}
+        dashed = set()
         for extra in args.also:
             path, sep, name = extra.partition("=")
             if not sep or not (Path(path) / "train_log.jsonl").is_file():
                 ap.error(f"--also: expected RUN=LABEL with RUN/train_log.jsonl, found {extra!r}")
             curves[name] = curve(Path(path))
-        plot(curves, args.curves, dashed=frozenset(e.partition("=")[2] for e in args.also))
+            dashed.add(name)
+        plot(curves, args.curves, dashed=frozenset(dashed))
         return
     run = recipe_run(args.tgt)
     if not args.no_train:

@@ -279,6 +279,11 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def read_config(directory: Path) -> dict[str, Any]:
+    """A model or run directory's config.json, brought up to FORMAT_VERSION."""
+    return migrate(read_json(Path(directory) / "config.json"))
+
+
 def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))

@@ -28,8 +28,7 @@ from seqformer.config import (
     ModelConfig,
     check_sections,
     from_dict,
-    migrate,
-    read_json,
+    read_config,
     to_dict,
 )
 from seqformer.data.tokenizer import Tokenizer
@@ -171,7 +170,7 @@ def read_model_dir(path: Path) -> ModelDir:
     if not path.is_dir():
         raise ModelDirError(f"{path}: model directory not found")
     try:
-        data = migrate(read_json(path / "config.json"))
+        data = read_config(path)
         check_sections(data, ("model", "tokenizer"), path / "config.json")
     except ConfigError as err:
         message = str(err)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from seqformer.config import ModelConfig, from_dict, migrate, read_json
+from seqformer.config import ModelConfig, from_dict, read_config
 from seqformer.data.tokenizer import Tokenizer
 from seqformer.errors import ModelDirError
 from seqformer.io import atomic_write_bytes, import_state, save_weights, staged_dir
@@ -39,7 +39,7 @@ def average_checkpoints(run_dir: Path, last: int, out: Path | None = None, dtype
         warnings.warn(f"{run_dir / 'checkpoints'} holds {len(paths)} checkpoint(s), fewer than --last {last}: "
                       f"averaging those {len(paths)}", stacklevel=2)
     out = Path(out) if out is not None else Path(run_dir)
-    config = migrate(read_json(run_dir / "config.json"))
+    config = read_config(run_dir)
     model = Seq2SeqTransformer(from_dict(ModelConfig, config["model"]))
     import_state(model, average_tensors(paths), f"average of {len(paths)} checkpoints")
     config["weights_dtype"] = dtype

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from seqformer.config import INIT_FIELDS, PRESETS, ModelConfig, TrainConfig, from_dict, migrate, read_json, to_dict
+from seqformer.config import INIT_FIELDS, PRESETS, ModelConfig, TrainConfig, from_dict, read_config, to_dict
 from seqformer.data.batching import Batch, bucket_batches, collate
 from seqformer.errors import ConfigError, DataError, ModelDirError, SeqformerError, TrainingStopped
 from seqformer.io import (
@@ -327,7 +327,7 @@ def _existing_model_config(out: Path) -> ModelConfig | None:
     path = out / "config.json"
     if not path.is_file():
         return None
-    return from_dict(ModelConfig, migrate(read_json(path))["model"])
+    return from_dict(ModelConfig, read_config(out)["model"])
 
 
 def _init_model_dir(cfg: TrainConfig, overrides: dict[str, Any]) -> tuple[TrainConfig, ModelDir | None]:
