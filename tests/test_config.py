@@ -24,6 +24,9 @@ def test_configs_are_frozen(cls):
 @pytest.mark.parametrize("cls,fields,message", [
     (ModelConfig, dict(d_model=30, n_heads=4), "multiple of n_heads"),
     (ModelConfig, dict(d_model=0), "multiple of n_heads"),
+    (ModelConfig, dict(n_heads=0), "n_heads must be >= 1"),  # was a ZeroDivisionError traceback
+    (ModelConfig, dict(n_heads=-4, d_model=256), "n_heads must be >= 1"),  # was accepted: head_dim -64
+    (ModelConfig, dict(src_vocab_size=0, tgt_vocab_size=0), "vocabulary sizes"),
     (ModelConfig, dict(n_encoder_layers=0), "at least one layer"),
     (ModelConfig, dict(d_ff=0), "d_ff"),
     (ModelConfig, dict(dropout=1.0), "dropout"),

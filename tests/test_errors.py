@@ -7,6 +7,7 @@ import json
 import os
 import select
 import shutil
+import stat
 import subprocess
 import warnings
 
@@ -299,6 +300,82 @@ def test_existing_checkpoints_need_resume(tmp_path, spm_file, capsys):
     capsys.readouterr()
     assert call_main(*args) == 1
     assert "--resume" in _one_line_error(capsys.readouterr().err)
+
+
+def _tiny_train_args(tmp_path, spm_file, out, *extra):
+    train = write_tsv(tmp_path / "train.tsv", reversal_pairs(10, seed=8))
+    return ["train", "--train", train, "--out", out, "--tokenizer", spm_file, "--preset", "tiny", "--d-model", "16",
+            "--n-heads", "2", "--max-steps", "1", "--quiet", "--precision", "fp32", *extra]
+
+
+def test_resume_refuses_a_model_flag_it_would_ignore(tmp_path, spm_file, capsys):
+    out = tmp_path / "out"
+    assert call_main(*_tiny_train_args(tmp_path, spm_file, out)) == 0
+    capsys.readouterr()
+    more = [a if a != "1" else "2" for a in _tiny_train_args(tmp_path, spm_file, out, "--resume")]  # --max-steps 2
+    assert call_main(*more, "--dropout", "0.3") == 1  # was: trained on with the run's own dropout, flag dropped
+    assert "dropout=0.1" in _one_line_error(capsys.readouterr().err)
+    assert call_main(*more) == 0  # the same flags as the run: continues
+
+
+def test_training_into_a_model_directory_is_refused_before_it_is_damaged(model_dir, tmp_path, spm_file, capsys):
+    out = tmp_path / "imported"
+    shutil.copytree(model_dir, out)
+    config = (out / "config.json").read_bytes()
+    assert call_main(*_tiny_train_args(tmp_path, spm_file, out)) == 1
+    assert "--init-from" in _one_line_error(capsys.readouterr().err)
+    assert (out / "config.json").read_bytes() == config  # was: overwritten beside the old weights
+    Translator.load(out)
+
+
+def test_a_tokenizer_left_by_another_recipe_is_not_reused(tmp_path, data_dir, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copyfile(data_dir / "spm.model", out / "spm.model")  # an earlier start with another vocabulary size
+    train = write_tsv(tmp_path / "train.tsv", reversal_pairs(10, seed=8))
+    assert call_main("train", "--train", train, "--out", out, "--vocab-size", "16", "--max-steps", "1",
+                     "--quiet") == 1
+    assert "delete it" in _one_line_error(capsys.readouterr().err)
+
+
+def test_bad_model_flags_fail_before_any_data_is_read(tmp_path, capsys):
+    missing = tmp_path / "nowhere.tsv"  # never read: the flag is checked first
+    for flag, message in ((["--n-heads", "0"], "n_heads must be >= 1"), (["--activation", "tanh"], "activation")):
+        assert call_main("train", "--train", missing, "--out", tmp_path / "out", *flag, "--quiet") == 1
+        assert message in _one_line_error(capsys.readouterr().err)
+
+
+def test_a_config_field_of_the_wrong_kind_names_the_file(tmp_path, spm_file, capsys):
+    bad = tmp_path / "bad"
+    assert call_main(*_tiny_train_args(tmp_path, spm_file, bad)) == 0  # a run: a model and its checkpoint
+    capsys.readouterr()
+    config = json.loads((bad / "config.json").read_text())
+    config["model"]["n_heads"] = 0
+    (bad / "config.json").write_text(json.dumps(config))
+    for args in (["translate", "x", "--model", bad], ["average", bad, "--last", "1"]):
+        assert call_main(*args) == 1  # was: ZeroDivisionError (translate), KeyError or no file named (average)
+        assert f"{bad / 'config.json'}: n_heads must be >= 1" in _one_line_error(capsys.readouterr().err)
+
+
+def test_outputs_go_into_pipes_and_through_links_keeping_permissions(tmp_path):
+    from seqformer.io import write_output
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        write_output(fifo, b"une ligne\n")
+        assert os.read(reader, 100) == b"une ligne\n"  # was: the pipe replaced by a regular file
+    finally:
+        os.close(reader)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    target, link = tmp_path / "private.txt", tmp_path / "link.txt"
+    target.write_text("old\n")
+    target.chmod(0o600)
+    link.symlink_to(target)
+    write_output(link, b"new\n")
+    assert link.is_symlink() and target.read_text() == "new\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600  # was: 0644, readable by everyone
 
 
 # --- odd text ----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ and compared on logits, tokenisation, detokenisation, greedy and beam search.
 
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 
@@ -176,6 +177,17 @@ def test_importing_a_directory_with_malformed_config_json_names_the_line(tmp_pat
     (tmp_path / "hf" / "config.json").write_text('{\n  "model_type": "marian",\n')
     assert main(["import-marian", str(tmp_path / "hf"), str(tmp_path / "out")]) == 1
     assert "config.json:3: invalid JSON" in capsys.readouterr().err  # was "not a Hugging Face Marian directory"
+
+
+def test_a_marian_config_without_a_needed_key_names_the_file_and_key(marian, tmp_path, capsys):
+    path, _, _ = marian
+    broken = tmp_path / "hf"
+    shutil.copytree(path, broken)
+    config = json.loads((broken / "config.json").read_text())
+    del config["d_model"]
+    (broken / "config.json").write_text(json.dumps(config))
+    assert main(["import-marian", str(broken), str(tmp_path / "out")]) == 1
+    assert f"{broken / 'config.json'}: missing key 'd_model'" in capsys.readouterr().err  # was: KeyError traceback
 
 
 def test_threads_and_int8(marian, tmp_path, capsys):

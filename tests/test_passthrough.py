@@ -36,6 +36,13 @@ def test_joined_emoji_sequences_and_skin_tones_stay_whole():
     assert held.inner == (wave, family, heart)
 
 
+def test_a_subdivision_flag_keeps_its_tag_characters():
+    # black flag + tag letters "gbeng" + cancel tag: England's flag, one symbol (was: the black flag held out,
+    # its six invisible tags sent to the model as text)
+    england = "\U0001F3F4" + "".join(chr(0xE0000 + ord(c)) for c in "gbeng") + "\U000E007F"
+    assert hold_out(f"I love London {england}!", emoji_unknown) == Held("I love London!", inner=(england,))
+
+
 def test_a_keycap_emoji_is_a_symbol_not_a_digit():
     keycap = "1\ufe0f\u20e3"  # digit one + emoji presentation + combining enclosing keycap
     assert hold_out(f"Press {keycap} now.", emoji_unknown) == Held("Press now.", inner=(keycap,))

@@ -16,7 +16,7 @@ from seqformer.cli import picked
 from seqformer.config import DecodeConfig, ModelConfig, TrainConfig, from_dict, load_recipe
 from seqformer.data.corpus import decode_lines, read_lines
 from seqformer.errors import ConfigError, DataError
-from seqformer.io import atomic_write_text
+from seqformer.io import write_output
 from seqformer.threads import set_threads
 
 
@@ -41,6 +41,10 @@ def _check_output(path: str | None) -> None:
         return
     if Path(path).is_dir():
         raise DataError(f"{path}: is a folder; an output file name is needed")
+    if Path(path).exists() and not Path(path).is_file():  # /dev/null, /dev/stdout, a named pipe: written into
+        if not os.access(path, os.W_OK):
+            raise DataError(f"{path}: cannot be written")
+        return
     parent = Path(path).resolve().parent
     if not parent.is_dir():
         raise DataError(f"{path}: output folder {parent} does not exist")
@@ -67,6 +71,17 @@ def _text_args(texts: list[str]) -> list[str]:
         except UnicodeEncodeError as err:  # Python keeps undecodable argv bytes as lone surrogates
             raise DataError(f"TEXT argument {n}: not valid UTF-8 (at character {err.start + 1})") from None
     return list(texts)
+
+
+def _write_stdout(text: str) -> None:
+    """UTF-8 whatever the locale says, as input is read: an emoji copied through cannot fail to print."""
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:  # a stream without bytes underneath (an IDE's, a notebook's)
+        sys.stdout.write(text)
+    else:
+        sys.stdout.flush()
+        buffer.write(text.encode("utf-8"))
+    sys.stdout.flush()
 
 
 def _more_ready(fd: int) -> bool:
@@ -160,10 +175,9 @@ def translate(args: argparse.Namespace) -> int:
         if args.output:
             collected.extend(lines)
         else:
-            sys.stdout.write("".join(line + "\n" for line in lines))
-            sys.stdout.flush()
+            _write_stdout("".join(line + "\n" for line in lines))
     if args.output:
-        atomic_write_text(Path(args.output), "".join(line + "\n" for line in collected))
+        write_output(Path(args.output), "".join(line + "\n" for line in collected).encode("utf-8"))
     return 0
 
 
@@ -182,7 +196,7 @@ def evaluate(args: argparse.Namespace) -> int:
     cfg = _decode_config(args)
     hyps = translator.translate(src, **asdict(cfg))
     if args.hyp_out:
-        atomic_write_text(Path(args.hyp_out), "".join(h + "\n" for h in hyps))
+        write_output(Path(args.hyp_out), "".join(h + "\n" for h in hyps).encode("utf-8"))
     result = score(hyps, refs)
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
@@ -220,7 +234,8 @@ def attention(args: argparse.Namespace) -> int:
     from seqformer.plot import render
 
     _check_output(args.out)
-    best, matrix = render(_translator(args), args.text, Path(args.out), args.layer, args.head,
+    text = _text_args([args.text])[0]
+    best, matrix = render(_translator(args), text, Path(args.out), args.layer, args.head,
                           **asdict(_decode_config(args)))
     print(best.text)
     print(f"cross-attention ({len(matrix)} target x {len(matrix[0])} source subwords) written to {args.out}",

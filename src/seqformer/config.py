@@ -69,8 +69,11 @@ class ModelConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
+        _check(self.n_heads >= 1, f"n_heads must be >= 1, found {self.n_heads}")
         _check(self.d_model > 0 and self.d_model % self.n_heads == 0,
                f"d_model ({self.d_model}) must be a positive multiple of n_heads ({self.n_heads})")
+        _check(min(self.src_vocab_size, self.tgt_vocab_size) >= 1,
+               f"vocabulary sizes must be >= 1, found src {self.src_vocab_size}, tgt {self.tgt_vocab_size}")
         _check(self.n_encoder_layers >= 1 and self.n_decoder_layers >= 1, "need at least one layer on each side")
         _check(self.d_ff > 0, f"d_ff must be positive, found {self.d_ff}")
         for name in ("dropout", "attention_dropout", "activation_dropout"):

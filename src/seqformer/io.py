@@ -48,8 +48,8 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over ``path`` (permissions ``mode``)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -57,13 +57,32 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; model files are meant to be shared
+        os.chmod(tmp, mode)  # mkstemp creates 0600; model files are meant to be shared
         os.replace(tmp, path)
         _fsync_dir(path.parent)  # the rename itself survives a power loss only once its directory is synced
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_output(path: Path, data: bytes) -> None:
+    """Write a user's output file: atomically, replacing a regular file (through a symbolic link, the file it
+    points to) and keeping its permissions (a new one gets the umask's); into anything else that can be
+    written (/dev/null, /dev/stdout, a named pipe) directly, never replacing the device or pipe itself."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        with open(path, "wb") as f:
+            f.write(data)
+        return
+    target = path.resolve() if path.is_symlink() else path
+    if target.is_file():
+        mode = target.stat().st_mode & 0o7777
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    atomic_write_bytes(target, data, mode)
 
 
 STAGE = ".staging"  # inside the target directory: the same filesystem, whatever is mounted where
@@ -181,6 +200,8 @@ def read_model_dir(path: Path) -> ModelDir:
         tokenizer = Tokenizer.from_config(path, tok)
     except KeyError as err:
         raise ModelDirError(f"{path / 'config.json'}: missing key {err}") from None
+    except (ConfigError, TypeError) as err:  # a field of the wrong kind: say which file holds it
+        raise ModelDirError(f"{path / 'config.json'}: {err}") from None
     return ModelDir(path=path, model_cfg=model_cfg, tokenizer=tokenizer, meta=data)
 
 

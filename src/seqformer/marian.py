@@ -232,7 +232,12 @@ def read_marian(path: str | Path) -> MarianImport:
     tok = files.tokenizer()
     assert tok.src_vocab is not None and tok.tgt_vocab is not None
     enc, dec, out = _embeddings(hf, raw)
-    cfg = model_config(hf, enc, dec, out, "final_logits_bias" in raw, tok.tgt_vocab.unk_id)
+    try:
+        cfg = model_config(hf, enc, dec, out, "final_logits_bias" in raw, tok.tgt_vocab.unk_id)
+    except KeyError as err:
+        raise ModelDirError(f"{path / 'config.json'}: missing key {err}") from None
+    except (ConfigError, TypeError) as err:
+        raise ModelDirError(f"{path / 'config.json'}: {err}") from None
     _check_positions(raw, cfg)
     _check_vocab(cfg, tok.src_vocab, tok.tgt_vocab)
     return MarianImport(cfg, convert_state(raw, enc, dec, out, cfg), files, tok)

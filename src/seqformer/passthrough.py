@@ -24,6 +24,11 @@ _SPACE_BEFORE_PUNCT = re.compile(r"\s+([.!?,;:…])")
 _FINAL_PUNCT = re.compile(r"\s*[.!?…]+[\"'”»)\]]*\s*$")
 
 
+def _is_tag(ch: str) -> bool:
+    """Emoji tag characters: the invisible letters after a black flag that make it England's, Scotland's, ..."""
+    return 0xE0020 <= ord(ch) <= 0xE007F
+
+
 @dataclass(frozen=True)
 class Held:
     """A sentence without its unknown symbols, and where they go back."""
@@ -42,7 +47,7 @@ def _held_flags(text: str, is_unknown: Callable[[str], bool]) -> list[bool]:
     """Per character: is it part of a held-out symbol? Joiners and marks follow their base."""
     flags: list[bool] = []
     for i, ch in enumerate(text):
-        attached = ch in _JOINERS or unicodedata.category(ch).startswith("M")
+        attached = ch in _JOINERS or unicodedata.category(ch).startswith("M") or _is_tag(ch)
         if attached and flags:
             flags.append(flags[-1])
         elif text.startswith(_KEYCAP, i + 1) or text.startswith("\ufe0f" + _KEYCAP, i + 1):

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from seqformer.errors import ConfigError, SeqformerError
-from seqformer.io import atomic_write_bytes
+from seqformer.io import write_output
 from seqformer.translator import Translation, Translator
 
 
@@ -59,7 +59,7 @@ def plot_attention(matrix: list[list[float]], src_tokens: list[str], tgt_tokens:
     out = Path(out)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
-    atomic_write_bytes(out, buffer.getvalue())
+    write_output(out, buffer.getvalue())
     return out
 
 

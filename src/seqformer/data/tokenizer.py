@@ -82,9 +82,14 @@ class Vocab:
             raise ModelDirError(f"{path}: vocabulary file not found") from None
         except json.JSONDecodeError as err:
             raise ModelDirError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+        except UnicodeDecodeError:
+            raise ModelDirError(f"{path}: not UTF-8 text") from None
         if not isinstance(table, dict) or UNK_PIECE not in table:
             raise ModelDirError(f"{path}: expected a JSON object of piece -> id that includes {UNK_PIECE!r}")
-        ids = {str(piece): int(i) for piece, i in table.items()}
+        bad = next(((p, i) for p, i in table.items() if not isinstance(i, int) or isinstance(i, bool) or i < 0), None)
+        if bad is not None:
+            raise ModelDirError(f"{path}: piece {bad[0]!r} has id {bad[1]!r}, expected a non-negative integer")
+        ids = {str(piece): i for piece, i in table.items()}
         pieces = {i: piece for piece, i in ids.items()}
         return cls(ids, pieces, ids[UNK_PIECE], frozenset(ids[p] for p in SPECIAL_PIECES if p in ids))
 
@@ -177,6 +182,11 @@ class Tokenizer:
 
     def tgt_pieces(self, ids: list[int]) -> list[str]:
         return self.tgt_vocab.to_pieces(ids) if self.tgt_vocab is not None else [self.tgt.id_to_piece(i) for i in ids]
+
+
+def piece_count(path: Path) -> int:
+    """The number of pieces of the SentencePiece model at ``path``."""
+    return _load(path).get_piece_size()
 
 
 def _load(path: Path) -> spm.SentencePieceProcessor:

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import torch
 
-from seqformer.config import ModelConfig, from_dict, read_config
 from seqformer.data.tokenizer import Tokenizer
 from seqformer.errors import ModelDirError
-from seqformer.io import atomic_write_bytes, import_state, save_weights, staged_dir
+from seqformer.io import atomic_write_bytes, import_state, read_model_dir, save_weights, staged_dir
 from seqformer.model.transformer import Seq2SeqTransformer
 from seqformer.training.checkpoint import list_checkpoints, model_tensors
 
@@ -39,8 +38,9 @@ def average_checkpoints(run_dir: Path, last: int, out: Path | None = None, dtype
         warnings.warn(f"{run_dir / 'checkpoints'} holds {len(paths)} checkpoint(s), fewer than --last {last}: "
                       f"averaging those {len(paths)}", stacklevel=2)
     out = Path(out) if out is not None else Path(run_dir)
-    config = read_config(run_dir)
-    model = Seq2SeqTransformer(from_dict(ModelConfig, config["model"]))
+    mdir = read_model_dir(run_dir)  # config.json checked (its sections, fields and tokenizer files) first
+    config = mdir.meta
+    model = Seq2SeqTransformer(mdir.model_cfg)
     import_state(model, average_tensors(paths), f"average of {len(paths)} checkpoints")
     config["weights_dtype"] = dtype
     config["averaged_from"] = [p.name for p in paths]

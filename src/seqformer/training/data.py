@@ -10,7 +10,7 @@ from typing import Any
 from seqformer.config import TrainConfig
 from seqformer.data.batching import Example
 from seqformer.data.corpus import drop_empty, read_parallel
-from seqformer.data.tokenizer import EOS, Tokenizer, train_sentencepiece
+from seqformer.data.tokenizer import EOS, Tokenizer, piece_count, train_sentencepiece
 from seqformer.errors import DataError
 from seqformer.io import ModelDir, copy_tokenizer
 
@@ -37,16 +37,29 @@ def _tokenizer_files(cfg: TrainConfig, out: Path, pairs: list[tuple[str, str]], 
     if not write:
         return ("spm.model", "spm.model") if cfg.joint_vocab else ("src.spm", "tgt.spm")
     if cfg.joint_vocab:
-        if not (out / "spm.model").is_file():
+        if not _reused(out / "spm.model", cfg):
             log.info("training a joint SentencePiece model (%d pieces)", cfg.vocab_size)
             train_sentencepiece([s for p in pairs for s in p], out / "spm.model", cfg.vocab_size,
                                 cfg.spm_model_type, cfg.spm_sample_lines, cfg.seed)
         return "spm.model", "spm.model"
     for name, side in (("src.spm", 0), ("tgt.spm", 1)):
-        if not (out / name).is_file():
+        if not _reused(out / name, cfg):
             train_sentencepiece([p[side] for p in pairs], out / name, cfg.vocab_size,
                                 cfg.spm_model_type, cfg.spm_sample_lines, cfg.seed)
     return "src.spm", "tgt.spm"
+
+
+def _reused(path: Path, cfg: TrainConfig) -> bool:
+    """Whether an earlier start of this run left a tokenizer at ``path`` that this one keeps (said in the log;
+    one with more pieces than ``vocab_size`` was trained for another recipe: an error)."""
+    if not path.is_file():
+        return False
+    pieces = piece_count(path)
+    if pieces > cfg.vocab_size:
+        raise DataError(f"{path}: a tokenizer of {pieces} pieces from an earlier run, this recipe asks for "
+                        f"vocab_size={cfg.vocab_size}: delete it (or the run directory) to train a new one")
+    log.info("keeping %s (%d pieces) from an earlier start of this run; delete it to train a new one", path, pieces)
+    return True
 
 
 def _init_tokenizer(init: ModelDir, out: Path, write: bool) -> tuple[Tokenizer, tuple[str, str], dict[str, Any]]:

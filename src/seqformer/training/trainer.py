@@ -330,6 +330,14 @@ def _existing_model_config(out: Path) -> ModelConfig | None:
     return from_dict(ModelConfig, read_config(out)["model"])
 
 
+def _check_unchanged(existing: ModelConfig, overrides: dict[str, Any], out: Path) -> None:
+    """--resume continues the run's own model: a model flag that asks for another one is an error, not ignored."""
+    for name, value in overrides.items():
+        if name not in INIT_FIELDS and getattr(existing, name, value) != value:
+            raise ConfigError(f"--resume: {out} trains {name}={getattr(existing, name)!r}, the command asks for "
+                              f"{value!r}: drop the flag, or start a new --out")
+
+
 def _init_model_dir(cfg: TrainConfig, overrides: dict[str, Any]) -> tuple[TrainConfig, ModelDir | None]:
     """With ``init_from``, the recipe takes that model's tokenizer files and architecture."""
     if not cfg.init_from:
@@ -385,10 +393,17 @@ def _make_trainer(cfg: TrainConfig, overrides: dict[str, Any], resume: bool, pro
     cfg, init = _init_model_dir(cfg, overrides)
     init_cfg = init.model_cfg if init else None
 
+    if init is None:  # a bad model flag fails now, not after reading the corpus and training the tokenizer
+        from_dict(ModelConfig, {**PRESETS[cfg.preset], "src_vocab_size": cfg.vocab_size,
+                                "tgt_vocab_size": cfg.vocab_size, **overrides})
+
     def prepare_main() -> tuple[PreparedData, ModelConfig]:
         prepare_out(out, resume)
         data = prepare(cfg, out, init=init)
-        model_cfg = (_existing_model_config(out) if resume else None) or init_cfg or build_model_config(cfg, data, overrides)
+        existing = _existing_model_config(out) if resume else None
+        if existing is not None:
+            _check_unchanged(existing, overrides, out)
+        model_cfg = existing or init_cfg or build_model_config(cfg, data, overrides)
         if cfg.max_len > model_cfg.max_positions:  # a long batch would stop the run hours in
             raise ConfigError(f"max_len={cfg.max_len} subwords exceeds the model's max_positions="
                               f"{model_cfg.max_positions}: lower --max-len to {model_cfg.max_positions}")
