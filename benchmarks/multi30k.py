@@ -34,9 +34,9 @@ def recipe_path(tgt: str) -> Path:
     return Path(f"recipes/multi30k-en-{tgt}.json")
 
 
-def recipe_run(tgt: str) -> Path:
-    """The run directory that recipes/multi30k-en-<tgt>.json trains into."""
-    return Path(json.loads(recipe_path(tgt).read_text())["train"]["out"])
+def recipe_run(recipe: Path) -> Path:
+    """The run directory that ``recipe`` trains into."""
+    return Path(json.loads(recipe.read_text())["train"]["out"])
 
 
 def model_dir(run: Path, name: str) -> Path:
@@ -116,6 +116,8 @@ def candidates(run: Path, averages: list[int]) -> dict[str, Path]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tgt", choices=("fr", "de"), default="fr")
+    ap.add_argument("--recipe", type=Path, help="another recipe than recipes/multi30k-en-<tgt>.json (its tgt_lang "
+                    "must be --tgt)")
     ap.add_argument("--no-train", action="store_true")
     ap.add_argument("--averages", default="3,5,8", help="last-N checkpoint averages to try on val")
     ap.add_argument("--beam-size", type=int, default=4)
@@ -125,7 +127,7 @@ def main() -> None:
                     help="with --curves: another run directory's curve, under LABEL (repeatable)")
     args = ap.parse_args()
     if args.curves:
-        runs = [(f"EN-{t.upper()}", recipe_run(t)) for t in ("fr", "de")]
+        runs = [(f"EN-{t.upper()}", recipe_run(recipe_path(t))) for t in ("fr", "de")]
         curves = {label(run, pair): curve(run) for pair, run in runs if (run / "train_log.jsonl").exists()}
         dashed = set()
         for extra in args.also:
@@ -136,10 +138,13 @@ def main() -> None:
             dashed.add(name)
         plot(curves, args.curves, dashed=frozenset(dashed))
         return
-    run = recipe_run(args.tgt)
+    recipe = args.recipe or recipe_path(args.tgt)
+    found = json.loads(recipe.read_text())["train"].get("tgt_lang")
+    if found != args.tgt:
+        ap.error(f"{recipe}: tgt_lang is {found!r}, expected {args.tgt!r} (--tgt)")
+    run = recipe_run(recipe)
     if not args.no_train:
-        subprocess.run([sys.executable, "-m", "seqformer", "train", "--config", str(recipe_path(args.tgt)), "--quiet"],
-                       check=True)
+        subprocess.run([sys.executable, "-m", "seqformer", "train", "--config", str(recipe), "--quiet"], check=True)
     # Choose on val (the dev set), then score test_2016_flickr once, with the chosen model only.
     split = {name: (read_lines(DATA / f"{name}.en.gz"), read_lines(DATA / f"{name}.{args.tgt}.gz"))
              for name in ("val", "test_2016_flickr")}
