@@ -153,6 +153,14 @@ def test_a_staged_directory_replaces_the_old_files_whole_or_not_at_all(tmp_path)
         pass
     assert (tmp_path / "file").read_text() == "x"
 
+    fresh = tmp_path / "new" / "model"
+    with pytest.raises(RuntimeError), staged_dir(fresh):
+        raise RuntimeError("a failed import")
+    assert not fresh.exists()  # was: an empty folder left behind, as if something had been written
+    with staged_dir(fresh) as stage:
+        (stage / "config.json").write_text("config")
+    assert (fresh / "config.json").is_file()
+
 
 def test_a_config_written_before_the_init_field_reads_as_xavier(tmp_path, random_model, spm_file):
     # Every model saved before ModelConfig.init existed started from Xavier; with the default now "normal",

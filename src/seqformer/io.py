@@ -102,16 +102,21 @@ def staged_dir(out: Path) -> Iterator[Path]:
     if out.exists() and not out.is_dir():
         raise ModelDirError(f"{out}: exists and is not a directory")
     stage = out / STAGE
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(stage, ignore_errors=True)  # left by a killed build
     stage.mkdir()
+    done = False
     try:
         yield stage
         names = sorted(p.name for p in stage.iterdir())
         for name in sorted(names, key=lambda n: n == "config.json"):  # config.json last
             os.replace(stage / name, out / name)
+        done = True
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        if created and not done and not any(out.iterdir()):  # a failed first build leaves no empty folder behind
+            out.rmdir()
 
 
 def atomic_write_text(path: Path, text: str) -> None:
