@@ -423,6 +423,9 @@ def test_letters_the_vocabulary_cannot_spell_are_named_in_one_warning(model_dir)
     ("他说（你好。）然后走了。", ["他说（你好。）", "然后走了。"]),  # full-width closers stay with their sentence
     ("你好！》第二句。", ["你好！》", "第二句。"]),
     ("She said ‘Stop.’ Then she left.", ["She said ‘Stop.’", "Then she left."]),
+    ("1. Buy milk. 2. Call Sam.", ["1. Buy milk.", "2. Call Sam."]),  # was: "1." and "Buy milk." apart
+    ("1. First item 2. Second", ["1. First item 2. Second"]),  # was: "1.", "First item 2.", "Second"
+    ("It was 1990. Then it rained.", ["It was 1990.", "Then it rained."]),  # a year still ends a sentence
     ("", [""]),
     ("   ", [""]),
 ])

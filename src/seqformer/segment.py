@@ -19,7 +19,7 @@ _BOUNDARY = re.compile(
 )
 # Words whose period is not a sentence end: titles and abbreviations that do not end sentences (words
 # such as "no" or "Inc." that often do are left out); single capitals (initials) and dotted letter runs
-# (e.g, i.e, U.S, a.m) are recognised by shape.
+# (e.g, i.e, U.S, a.m) are recognised by shape, and so are list markers (one- or two-digit numbers).
 _ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof st jr sr mt vs cf fig approx dept capt sgt lt cmdr jan feb apr jun jul aug sep sept "
     "oct nov".split()
@@ -31,6 +31,8 @@ def _is_abbreviation(text: str, period: int) -> bool:
     """Whether the word before ``text[period]`` (a period; words are single-space separated) is an abbreviation."""
     word = text[text.rfind(" ", 0, period) + 1 : period].lstrip(_OPENERS)
     if word.lower() in _ABBREVIATIONS:
+        return True
+    if word.isdigit() and len(word) <= 2:  # a list marker ("1. Buy milk 2. Call Sam"): splitting strands it
         return True
     if len(word) == 1:
         return word.isupper()  # an initial ("J. Smith"); "the letter a." can end a sentence
