@@ -100,7 +100,7 @@ def test_every_rank_takes_the_final_save_together():
 
     def finish(rank, valid_examples, other_ranks_vote):  # Dist.any: the OR over all ranks' flags
         Trainer.finish(SimpleNamespace(
-            state=SimpleNamespace(step=4), stop_signal=None, valid_examples=valid_examples, _validated_step=3,
+            state=SimpleNamespace(step=4, validated_step=3), stop_signal=None, valid_examples=valid_examples,
             _saved_step=4, dist=SimpleNamespace(any=lambda flag: flag or other_ranks_vote),
             run_validation=lambda: {"bleu": 1.0}, runlog=SimpleNamespace(write=lambda record: None),
             save=lambda: saves.append(rank), write_model=lambda: None))

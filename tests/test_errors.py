@@ -32,6 +32,12 @@ def _one_line_error(stderr: str) -> str:
     return lines[0]
 
 
+def test_blank_tsv_lines_are_skipped_like_empty_line_aligned_pairs(tmp_path):
+    tsv = tmp_path / "gaps.tsv"
+    tsv.write_text("a b\tb a\n\n   \nc d\td c\n")
+    assert read_parallel(str(tsv)) == [("a b", "b a"), ("c d", "d c")]  # was: gaps.tsv:2: expected 'source<TAB>target'
+
+
 def test_malformed_tsv_line_is_reported_with_file_and_line(tmp_path):
     bad = tmp_path / "bad.tsv"
     bad.write_text("a b\tb a\nc d\td c\nthis line has no tab\ne f\tf e\n")
@@ -327,6 +333,13 @@ def test_training_into_a_model_directory_is_refused_before_it_is_damaged(model_d
     assert (out / "config.json").read_bytes() == config  # was: overwritten beside the old weights
     Translator.load(out)
 
+    # A run killed after writing its model (at a validation) but before its first checkpoint is still a run.
+    run = tmp_path / "run"
+    assert call_main(*_tiny_train_args(tmp_path, spm_file, run)) == 0
+    for path in (run / "checkpoints").iterdir():
+        path.unlink()
+    assert call_main(*_tiny_train_args(tmp_path, spm_file, run, "--resume")) == 0
+
 
 def test_a_tokenizer_left_by_another_recipe_is_not_reused(tmp_path, data_dir, capsys):
     out = tmp_path / "out"
@@ -382,6 +395,8 @@ def test_outputs_go_into_pipes_and_through_links_keeping_permissions(tmp_path):
 
 def test_empty_input_gives_empty_output(model_dir):
     translator = Translator.load(model_dir)
+    with pytest.raises(TypeError, match="list of strings"):  # was: one translation per character
+        translator.translate("a b")
     out = translator.translate(["", "a b", "   ", ""])
     assert out[0] == out[2] == out[3] == ""
     assert translator.translate_nbest([""]) == [[]]

@@ -94,6 +94,13 @@ def test_the_last_checkpoint_holds_the_final_validation(data_dir, tmp_path, monk
     state = json.loads(meta["state"])
     assert path.name == "ckpt-00000005.safetensors" and state["best_metric"] == -1.0 and state["bad_validations"] == 0
 
+    # --resume on the finished run (a job script that always passes it): nothing to validate or save again
+    # (was: a second final validation, a second "final" log row, bad_validations + 1, the checkpoint rewritten)
+    monkeypatch.setattr(trainer_mod, "validate", lambda *a, **k: {"valid_nll": 3.0})
+    before = (tmp_path / "run" / "train_log.jsonl").read_text(), path.read_bytes()
+    train(cfg, resume=True, progress=False)
+    assert ((tmp_path / "run" / "train_log.jsonl").read_text(), path.read_bytes()) == before
+
 
 def test_init_from_starts_from_a_model_directory_with_its_tokenizer_and_architecture(run_dir, data_dir, tmp_path):
     # A different preset and no tokenizer in the recipe: both come from the model directory.

@@ -97,6 +97,8 @@ class Translator:
         into the translation (:mod:`seqformer.passthrough`).
         With ``need_attention`` and ``per_head``, hypotheses also carry per-layer, per-head weights.
         """
+        if isinstance(texts, str):  # iterating it would translate each character on its own
+            raise TypeError("texts must be a list of strings: translate([text]), not translate(text)")
         cfg = DecodeConfig(**options)
         pieces: list[str] = []
         held: list[Held] = []

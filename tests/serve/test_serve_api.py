@@ -106,6 +106,9 @@ def test_attention_on_request(client, translator):
     per_head = heads["results"][0]["translations"][0]["head_attention"]
     mc = translator.model.cfg
     assert (len(per_head), len(per_head[0]), len(per_head[0][0])) == (mc.n_decoder_layers, mc.n_heads, len(rows))
+    # L x H x T x S numbers per hypothesis: one text at a time (a full batch of them could be gigabytes)
+    many = client.post("/translate", json={"texts": [text, text], "attention_heads": True})
+    assert many.status_code == 422 and many.json()["field"] == "attention_heads"
 
 
 def test_sampling_with_seed_is_reproducible(client, translator):
@@ -153,6 +156,13 @@ def test_non_finite_numbers_give_422_not_500(client, field, value):
     reply = client.post("/translate", content=body, headers={"content-type": "application/json"})
     assert reply.status_code == 422 and reply.json()["field"] == field
     assert "finite number" in reply.json()["error"]  # NaN said "should be less than or equal to 5"
+
+
+def test_a_lone_surrogate_gives_422_not_500(client):
+    """'\\ud800' is valid JSON but no Unicode text: the 422 echoing it back must still encode (was a 500)."""
+    reply = client.post("/translate", content=b'{"text": "caf\\ud800"}', headers={"content-type": "application/json"})
+    assert reply.status_code == 422 and reply.json()["field"] == "text"
+    assert reply.json()["detail"][0]["input"] == "caf\\ud800"  # the escape, as text
 
 
 def test_invalid_json_and_unknown_route(client):

@@ -57,9 +57,12 @@ def is_tsv(spec: str) -> bool:
 
 
 def read_tsv(path: Path) -> list[tuple[str, str]]:
-    """Read ``source<TAB>target`` lines; extra columns (e.g. attribution) are ignored."""
+    """Read ``source<TAB>target`` lines; extra columns (e.g. attribution) are ignored, and so are blank lines
+    (as line-aligned corpora drop empty pairs)."""
     pairs = []
     for lineno, line in enumerate(read_lines(path), start=1):
+        if not line.strip():
+            continue
         cols = line.split("\t")
         if len(cols) < 2:
             raise DataError(f"{path}:{lineno}: expected 'source<TAB>target', found {len(cols)} column(s)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -83,12 +84,24 @@ def _field_name(loc: tuple | list) -> str | None:
     return name
 
 
+def _printable(value: Any) -> Any:
+    """``value`` with every string made encodable as UTF-8 (lone surrogates as backslash escapes)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, list):
+        return [_printable(v) for v in value]
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    return value
+
+
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
-    field = _field_name(first.get("loc", ()))
-    # ctx may hold exceptions, and an echoed input NaN / Infinity, which JSON responses cannot carry: as strings.
-    detail = json.loads(json.dumps(errors, default=str), parse_constant=str)
+    field = _printable(_field_name(first.get("loc", ())))
+    # ctx may hold exceptions, and an echoed input NaN / Infinity or a lone surrogate ("\ud800": valid JSON, not
+    # UTF-8), which JSON responses cannot carry: as strings, a surrogate as its escape.
+    detail = _printable(json.loads(json.dumps(errors, default=str), parse_constant=str))
     return error_response(422, f"{field}: {first.get('msg', 'invalid value')}", field, detail=detail)
 
 

@@ -33,6 +33,7 @@ class TrainState:
     bad_validations: int = 0
     elapsed_s: float = 0.0
     skipped_steps: int = 0
+    validated_step: int = -1  # the step the last validation scored (so a finished run resumed does not again)
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:

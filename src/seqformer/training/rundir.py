@@ -14,6 +14,11 @@ from seqformer.training import checkpoint as ckpt
 
 def prepare_out(out: Path, resume: bool) -> None:
     """Create ``out`` and ``out/checkpoints``; refuse an unwritable directory or an unasked-for restart."""
+    # A model directory (imported, averaged, exported) has weights but was never a run (no checkpoints/ folder,
+    # which a run makes first thing): a new config.json beside its weights would break it.
+    if (out / "model.safetensors").is_file() and not (out / "checkpoints").is_dir():
+        raise ConfigError(f"{out} already holds a model (model.safetensors) and no training run: choose a new --out "
+                          f"(to start from that model: --init-from {out})")
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "checkpoints").mkdir(exist_ok=True)
@@ -24,10 +29,6 @@ def prepare_out(out: Path, resume: bool) -> None:
         raise ConfigError(f"{out}: output directory is not writable ({err.strerror or err})") from None
     if not resume and ckpt.list_checkpoints(out / "checkpoints"):
         raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue, or choose a new --out")
-    if (out / "model.safetensors").is_file() and not ckpt.list_checkpoints(out / "checkpoints"):
-        # a model directory (imported, averaged, exported): a new config.json beside its weights would break it
-        raise ConfigError(f"{out} already holds a model (model.safetensors) and no training run: choose a new --out "
-                          f"(to start from that model: --init-from {out})")
     ckpt.remove_partial(out / "checkpoints")
     for name in ("model.safetensors", "training.json", "config.json", "train_log.jsonl", "train_log.csv"):
         for tmp in out.glob(f".{name}.*.tmp"):  # left by a process killed mid-write

@@ -117,7 +117,6 @@ class Trainer:
         self._batches: tuple[int, list[list[int]]] = (-1, [])
         self._window = (0, time.perf_counter())  # tokens since the last log line, and when it was written
         self._saved_step = -1  # the step the newest checkpoint holds
-        self._validated_step = -1  # the step the last validation scored
 
     def resume(self) -> bool:
         found = ckpt.load_latest(self.ckpt_dir)
@@ -259,7 +258,7 @@ class Trainer:
 
     def run_validation(self) -> dict[str, float]:
         metrics = validate(self.model, self.data.tokenizer, self.valid_examples, self.data.valid, self.cfg)
-        self._validated_step = self.state.step
+        self.state.validated_step = self.state.step
         metric = metrics.get("bleu", -metrics["valid_nll"])
         s = self.state
         if s.best_metric is None or metric > s.best_metric:
@@ -312,7 +311,7 @@ class Trainer:
         """Validate the final weights (unless the loop just did, or a signal stopped the run), then save, so
         the last checkpoint holds that validation's best score and patience count for a later --resume."""
         step = self.state.step
-        validate_now = self.stop_signal is None and self.valid_examples and self._validated_step != step
+        validate_now = self.stop_signal is None and self.valid_examples and self.state.validated_step != step
         if validate_now:
             metrics = self.run_validation()
             self.runlog.write({"step": step, "final": True, **metrics})
