@@ -119,6 +119,7 @@ def main() -> None:
     ap.add_argument("--recipe", type=Path, help="another recipe than recipes/multi30k-en-<tgt>.json (its tgt_lang "
                     "must be --tgt)")
     ap.add_argument("--no-train", action="store_true")
+    ap.add_argument("--resume", action="store_true", help="continue the recipe's stopped run (seqformer train --resume)")
     ap.add_argument("--averages", default="3,5,8", help="last-N checkpoint averages to try on val")
     ap.add_argument("--beam-size", type=int, default=4)
     ap.add_argument("--chosen", help="skip the choice on val and score this model (best, avg3, ...) on test")
@@ -144,7 +145,9 @@ def main() -> None:
         ap.error(f"{recipe}: tgt_lang is {found!r}, expected {args.tgt!r} (--tgt)")
     run = recipe_run(recipe)
     if not args.no_train:
-        subprocess.run([sys.executable, "-m", "seqformer", "train", "--config", str(recipe), "--quiet"], check=True)
+        resume = ["--resume"] if args.resume else []
+        subprocess.run([sys.executable, "-m", "seqformer", "train", "--config", str(recipe), "--quiet", *resume],
+                       check=True)
     # Choose on val (the dev set), then score test_2016_flickr once, with the chosen model only.
     split = {name: (read_lines(DATA / f"{name}.en.gz"), read_lines(DATA / f"{name}.{args.tgt}.gz"))
              for name in ("val", "test_2016_flickr")}

@@ -1,4 +1,4 @@
-"""Command line: ``seqformer train | translate | evaluate | average | serve | attention``.
+"""Command line: ``seqformer train | translate | evaluate | average | serve | attention | import-marian``.
 
 Training and decoding flags map one-to-one onto the fields of ``TrainConfig``,
 ``ModelConfig`` and ``DecodeConfig`` (``--warmup-steps`` sets ``warmup_steps``).

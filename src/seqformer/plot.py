@@ -42,7 +42,7 @@ def plot_attention(matrix: list[list[float]], src_tokens: list[str], tgt_tokens:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise SeqformerError("plotting needs matplotlib: pip install 'seqformer[plot]'") from None
+        raise SeqformerError("plotting needs matplotlib: pip install matplotlib (the [plot] extra)") from None
     rows, cols = len(matrix), len(matrix[0]) if matrix else 0
     fig = Figure(figsize=(max(4.0, 0.45 * cols + 2), max(3.0, 0.4 * rows + 1.5)))
     FigureCanvasAgg(fig)

@@ -17,7 +17,7 @@ log = logging.getLogger("seqformer.serve")
 def check_installed() -> None:
     missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
     if missing:
-        raise ConfigError(f"seqformer serve needs {' and '.join(missing)}: pip install 'seqformer[serve]'")
+        raise ConfigError(f"seqformer serve needs {' and '.join(missing)}: pip install fastapi uvicorn (the [serve] extra)")
 
 
 def check_model(model: str | None) -> None:
