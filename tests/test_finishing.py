@@ -142,3 +142,14 @@ def test_init_from_ignores_how_fresh_weights_would_be_drawn(run_dir, data_dir, t
     train(cfg, {"init": "normal", "init_std": 0.05}, progress=False)
     config = json.loads((tmp_path / "more" / "config.json").read_text())
     assert config["model"] == json.loads((run_dir / "config.json").read_text())["model"]
+
+
+def test_pairs_longer_than_max_tokens_are_named_in_a_warning(data_dir, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="seqformer"):
+        train(tiny_config(data_dir, tmp_path / "ok", max_steps=1), progress=False)
+    assert "longer than max_tokens" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="seqformer"):
+        train(tiny_config(data_dir, tmp_path / "small", max_steps=1, max_tokens=6), progress=False)
+    assert "longer than max_tokens=6 subwords" in caplog.text  # was: silently over budget

@@ -416,6 +416,11 @@ def _make_trainer(cfg: TrainConfig, overrides: dict[str, Any], resume: bool, pro
     data, model_cfg = prepared
     if not data.train:
         raise DataError(f"{cfg.train}: no sentence pair is shorter than max_len={cfg.max_len} subwords")
+    over = sum(max(len(src), len(tgt) + 1) > cfg.max_tokens for src, tgt in data.train)
+    if over and d.is_main:  # on a GPU such a batch can run out of memory hours into the run
+        log.warning("%d training pair(s) are longer than max_tokens=%d subwords: each makes a batch of its own, "
+                    "over that budget (raise --max-tokens or lower --max-len to %d)", over, cfg.max_tokens,
+                    cfg.max_tokens - 1)
     trainer = Trainer(cfg, model_cfg, data, progress, d)
     if cfg.init_from:  # a checkpoint found by --resume replaces these weights afterwards
         weights = Path(cfg.init_from) / "model.safetensors"
