@@ -86,6 +86,12 @@ def test_fp16_loss_scale_is_checkpointed_and_resumed(data_dir, tmp_path, monkeyp
     train(tiny_config(data_dir, tmp_path / "part", max_steps=6, save_every=3, precision="fp16"), NO_DROPOUT,
           resume=True, progress=False)
     assert curve(tmp_path / "part") == curve(tmp_path / "whole")
+    # The curve alone cannot tell (the scale only grows every 2000 clean steps): the resumed scaler's own
+    # state must continue the saved one (a resume that dropped it restarts growth_tracker at 0: 3, not 6).
+    last = {name: read_checkpoint(list_checkpoints(tmp_path / name / "checkpoints")[-1])[0] for name in ("part", "whole")}
+    for key in ("amp.scale", "amp.growth_tracker"):
+        assert torch.equal(last["part"][key], last["whole"][key]), key
+    assert int(last["whole"]["amp.growth_tracker"]) == 6
 
 
 def test_every_rank_takes_the_final_save_together():

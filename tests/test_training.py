@@ -241,8 +241,11 @@ def test_checkpoint_restores_model_optimizer_and_rng(tmp_path):
     assert torch.equal(torch.rand(3), expected_draw)
     for (n, p), q in zip(model.state_dict().items(), other.state_dict().values()):
         assert torch.equal(p, q), n
-    for pa, pb in zip(opt.state_dict()["state"].values(), other_opt.state_dict()["state"].values()):
-        assert all(torch.equal(torch.as_tensor(pa[k]), torch.as_tensor(pb[k])) for k in pa)
+    saved, loaded = opt.state_dict()["state"], other_opt.state_dict()["state"]
+    assert saved and loaded.keys() == saved.keys()  # a restore that skipped the optimizer left this empty
+    for i, pa in saved.items():
+        assert pa.keys() == loaded[i].keys()
+        assert all(torch.equal(torch.as_tensor(pa[k]), torch.as_tensor(loaded[i][k])) for k in pa), i
 
 
 def _dummy(model):

@@ -18,12 +18,23 @@ def best(translator):
     return translator.translate_nbest([TEXT], need_attention=True, per_head=True, split=False)[0][0]
 
 
+def _expected(heads: torch.Tensor, layer: int | None, head: int | None) -> torch.Tensor:
+    """The view the plot promises, from the per-head weights (L, H, T, S): one layer/head, or the mean over it."""
+    picked = heads if layer is None else heads[layer : layer + 1 if layer != -1 else None]
+    picked = picked if head is None else picked[:, head : head + 1 if head != -1 else None]
+    return picked.mean(dim=(0, 1))  # (T, S)
+
+
 @pytest.mark.parametrize("layer, head", [(None, None), (0, None), (None, 3), (1, 2), (-1, -1)])
-def test_every_view_is_a_distribution_over_the_source(best, layer, head):
+def test_every_view_is_the_slice_it_names_and_a_distribution_over_the_source(best, layer, head):
     matrix = torch.tensor(attention_matrix(best, layer, head))  # (T, S)
     assert matrix.shape == (len(best.tokens) + 1, len(best.src_tokens))
     assert torch.allclose(matrix.sum(dim=1), torch.ones(len(matrix)), atol=1e-4)
     assert bool((matrix >= 0).all())
+    heads = torch.tensor(best.head_attention)  # (L, H, T, S)
+    assert torch.allclose(matrix, _expected(heads, layer, head), atol=1e-5)  # was: any mix of layers/heads passed
+    if (layer, head) != (None, None):  # the views differ, so matching the named one means something
+        assert not torch.allclose(matrix, heads.mean(dim=(0, 1)), atol=1e-4)
 
 
 def test_average_view_is_the_mean_of_the_heads(best):
