@@ -112,3 +112,24 @@ def test_model_error_reaches_every_request_of_the_batch():
         return out
 
     assert [type(e) for e in run(main())] == [ValueError, ValueError]
+
+
+def test_stop_answers_the_batch_being_computed_and_the_queue():
+    gate = threading.Event()
+    rec = Recorder(gate)
+
+    async def main():
+        b = Batcher(rec, max_batch=1, window_s=0.0, max_queue=8)
+        b.start()
+        running = asyncio.ensure_future(b.submit(["a"], "beam"))
+        while not rec.entered.is_set():  # the model is busy with "a"
+            await asyncio.sleep(0.01)
+        queued = asyncio.ensure_future(b.submit(["b"], "beam"))
+        await asyncio.sleep(0.01)
+        await b.stop()
+        gate.set()
+        return await asyncio.gather(running, queued, return_exceptions=True)
+
+    running, queued = run(main())
+    # was: "a" never answered (its future left pending when the loop was cancelled mid-batch)
+    assert isinstance(running, Overloaded) and isinstance(queued, Overloaded)

@@ -58,6 +58,7 @@ class Batcher:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._running: list[_Job] = []  # the batch the model is computing
 
     @property
     def queued(self) -> int:
@@ -75,10 +76,12 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        while self._jobs:
-            job = self._jobs.popleft()
+        # The batch being computed when the loop was cancelled, then everything still queued: each request
+        # is answered, none left waiting on a future nobody will set.
+        for job in [*self._running, *self._jobs]:
             if not job.future.done():
                 job.future.set_exception(Overloaded("the server is shutting down"))
+        self._running, self._jobs = [], deque()
         self._queued = 0
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -145,14 +148,17 @@ class Batcher:
     async def _execute(self, batch: list[_Job]) -> None:
         texts = [t for job in batch for t in job.texts]
         loop = asyncio.get_running_loop()
+        self._running = batch  # until it returns: a cancelled loop (stop()) answers these requests itself
         try:
             results = await loop.run_in_executor(self._executor, self.run, texts, batch[0].options)
         except Exception as err:  # the model failed: every request of the batch gets the error
+            self._running = []
             log.exception("batch of %d texts failed", len(texts))
             for job in batch:
                 if not job.future.done():
                     job.future.set_exception(err)
             return
+        self._running = []
         start = 0
         for job in batch:
             if not job.future.done():
