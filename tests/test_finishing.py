@@ -153,3 +153,16 @@ def test_pairs_longer_than_max_tokens_are_named_in_a_warning(data_dir, tmp_path,
     with caplog.at_level(logging.WARNING, logger="seqformer"):
         train(tiny_config(data_dir, tmp_path / "small", max_steps=1, max_tokens=6), progress=False)
     assert "longer than max_tokens=6 subwords" in caplog.text  # was: silently over budget
+
+
+def test_a_bleu_tie_goes_to_the_lower_dev_nll(data_dir, tmp_path, monkeypatch):
+    # Early checks of a run often all score BLEU 0.0: the model that predicts better is the one to keep,
+    # and it is progress for patience (was: the first check's weights kept, patience used up).
+    checks = iter([{"bleu": 0.0, "valid_nll": 3.0}, {"bleu": 0.0, "valid_nll": 2.0}, {"bleu": 0.0, "valid_nll": 2.5}])
+    monkeypatch.setattr(trainer_mod, "validate", lambda *a, **k: next(checks))
+    cfg = tiny_config(data_dir, tmp_path / "run", valid=str(data_dir / "valid.tsv"), valid_every=2, save_every=100,
+                      max_steps=6)
+    train(cfg, progress=False)
+    info = json.loads((tmp_path / "run" / "training.json").read_text())
+    state = json.loads(ckpt.load_latest(tmp_path / "run" / "checkpoints")[2]["state"])
+    assert info["step"] == 4 and state["best_nll"] == 2.0 and state["bad_validations"] == 1

@@ -34,6 +34,7 @@ class TrainState:
     elapsed_s: float = 0.0
     skipped_steps: int = 0
     validated_step: int = -1  # the step the last validation scored (so a finished run resumed does not again)
+    best_nll: float | None = None  # the best model's dev NLL: breaks ties of its BLEU
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:

@@ -259,10 +259,12 @@ class Trainer:
     def run_validation(self) -> dict[str, float]:
         metrics = validate(self.model, self.data.tokenizer, self.valid_examples, self.data.valid, self.cfg)
         self.state.validated_step = self.state.step
-        metric = metrics.get("bleu", -metrics["valid_nll"])
+        metric, nll = metrics.get("bleu", -metrics["valid_nll"]), metrics["valid_nll"]
         s = self.state
-        if s.best_metric is None or metric > s.best_metric:
-            s.best_metric, s.bad_validations = metric, 0
+        # Equal BLEU (early checks all at 0.0, say): the lower dev NLL is the better model.
+        tie_won = metric == s.best_metric and (s.best_nll is None or nll < s.best_nll)
+        if s.best_metric is None or metric > s.best_metric or tie_won:
+            s.best_metric, s.best_nll, s.bad_validations = metric, nll, 0
             self.write_model()
         else:
             s.bad_validations += 1
