@@ -166,3 +166,18 @@ def test_a_bleu_tie_goes_to_the_lower_dev_nll(data_dir, tmp_path, monkeypatch):
     info = json.loads((tmp_path / "run" / "training.json").read_text())
     state = json.loads(ckpt.load_latest(tmp_path / "run" / "checkpoints")[2]["state"])
     assert info["step"] == 4 and state["best_nll"] == 2.0 and state["bad_validations"] == 1
+
+
+def test_a_changed_validation_metric_on_resume_chooses_the_best_model_afresh(data_dir, tmp_path, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.setattr(trainer_mod, "validate", lambda *a, **k: {"bleu": 30.0, "valid_nll": 1.0})
+    cfg = tiny_config(data_dir, tmp_path / "run", valid=str(data_dir / "valid.tsv"), valid_every=2, save_every=2,
+                      max_steps=2)
+    train(cfg, progress=False)
+    # --resume with valid_bleu_lines=0: -NLL (-1.5) would never beat BLEU 30 (was: the best model frozen for good)
+    monkeypatch.setattr(trainer_mod, "validate", lambda *a, **k: {"valid_nll": 1.5})
+    with caplog.at_level(logging.WARNING, logger="seqformer"):
+        train(replace(cfg, max_steps=4, valid_bleu_lines=0), resume=True, progress=False)
+    assert "choosing afresh" in caplog.text
+    assert json.loads((tmp_path / "run" / "training.json").read_text())["step"] == 4

@@ -35,6 +35,7 @@ class TrainState:
     skipped_steps: int = 0
     validated_step: int = -1  # the step the last validation scored (so a finished run resumed does not again)
     best_nll: float | None = None  # the best model's dev NLL: breaks ties of its BLEU
+    best_kind: str = ""  # what best_metric measures: "bleu" or "nll" (-NLL); "" in older checkpoints
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:

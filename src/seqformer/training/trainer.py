@@ -260,7 +260,13 @@ class Trainer:
         metrics = validate(self.model, self.data.tokenizer, self.valid_examples, self.data.valid, self.cfg)
         self.state.validated_step = self.state.step
         metric, nll = metrics.get("bleu", -metrics["valid_nll"]), metrics["valid_nll"]
+        kind = "bleu" if "bleu" in metrics else "nll"
         s = self.state
+        if s.best_kind and s.best_kind != kind:  # valid_bleu_lines changed on --resume: BLEU and -NLL don't compare
+            log.warning("validation now scores %s, the best model so far was chosen by %s: choosing afresh",
+                        kind, s.best_kind)
+            s.best_metric = s.best_nll = None
+        s.best_kind = kind
         # Equal BLEU (early checks all at 0.0, say): the lower dev NLL is the better model.
         tie_won = metric == s.best_metric and (s.best_nll is None or nll < s.best_nll)
         if s.best_metric is None or metric > s.best_metric or tie_won:
