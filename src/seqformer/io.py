@@ -189,6 +189,17 @@ def save_weights(path: Path, model: nn.Module, dtype: torch.dtype | None = None)
     atomic_write_bytes(Path(path), st_save(export_state(model, dtype)))
 
 
+@contextlib.contextmanager
+def errors_name(config_file: Path) -> Iterator[None]:
+    """Reading a config file's fields: a missing key or a field of the wrong kind is a ModelDirError naming it."""
+    try:
+        yield
+    except KeyError as err:
+        raise ModelDirError(f"{config_file}: missing key {err}") from None
+    except (ConfigError, TypeError) as err:
+        raise ModelDirError(f"{config_file}: {err}") from None
+
+
 def read_model_dir(path: Path) -> ModelDir:
     path = Path(path)
     if not path.is_dir():
@@ -199,14 +210,10 @@ def read_model_dir(path: Path) -> ModelDir:
     except ConfigError as err:
         message = str(err)
         raise ModelDirError(message if message.startswith(str(path)) else f"{path / 'config.json'}: {message}") from None
-    try:
+    with errors_name(path / "config.json"):
         model_cfg = from_dict(ModelConfig, data["model"])
         tok = data["tokenizer"]
         tokenizer = Tokenizer.from_config(path, tok)
-    except KeyError as err:
-        raise ModelDirError(f"{path / 'config.json'}: missing key {err}") from None
-    except (ConfigError, TypeError) as err:  # a field of the wrong kind: say which file holds it
-        raise ModelDirError(f"{path / 'config.json'}: {err}") from None
     return ModelDir(path=path, model_cfg=model_cfg, tokenizer=tokenizer, meta=data)
 
 

@@ -29,6 +29,7 @@ from seqformer.io import (
     ModelDir,
     atomic_write_text,
     copy_tokenizer,
+    errors_name,
     import_state,
     load_weights,
     save_weights,
@@ -232,12 +233,8 @@ def read_marian(path: str | Path) -> MarianImport:
     tok = files.tokenizer()
     assert tok.src_vocab is not None and tok.tgt_vocab is not None
     enc, dec, out = _embeddings(hf, raw)
-    try:
+    with errors_name(path / "config.json"):
         cfg = model_config(hf, enc, dec, out, "final_logits_bias" in raw, tok.tgt_vocab.unk_id)
-    except KeyError as err:
-        raise ModelDirError(f"{path / 'config.json'}: missing key {err}") from None
-    except (ConfigError, TypeError) as err:
-        raise ModelDirError(f"{path / 'config.json'}: {err}") from None
     _check_positions(raw, cfg)
     _check_vocab(cfg, tok.src_vocab, tok.tgt_vocab)
     return MarianImport(cfg, convert_state(raw, enc, dec, out, cfg), files, tok)

@@ -49,13 +49,24 @@ MAX_BAD_STEPS = 20
 
 def build_model_config(cfg: TrainConfig, data: PreparedData, overrides: dict[str, Any]) -> ModelConfig:
     tok = data.tokenizer
+    return _model_config(cfg, tok.src.get_piece_size(), tok.tgt.get_piece_size(), tok.src is tok.tgt, overrides)
+
+
+def _model_config(cfg: TrainConfig, src_vocab: int, tgt_vocab: int, share: bool,
+                  overrides: dict[str, Any]) -> ModelConfig:
+    """The recipe's preset with the tokenizer's sizes, then the recipe's own model fields."""
     fields = dict(PRESETS[cfg.preset])
-    fields.update(
-        src_vocab_size=tok.src.get_piece_size(), tgt_vocab_size=tok.tgt.get_piece_size(),
-        share_embeddings=tok.src is tok.tgt, max_positions=max(512, cfg.max_len + 1),
-    )
+    fields.update(src_vocab_size=src_vocab, tgt_vocab_size=tgt_vocab, share_embeddings=share,
+                  max_positions=max(512, cfg.max_len + 1))
     fields.update(overrides)
     return from_dict(ModelConfig, fields)
+
+
+def _clash(have: ModelConfig, overrides: dict[str, Any]) -> str | None:
+    """The first model field ``overrides`` asks to differ from ``have`` (how fresh weights would be drawn aside:
+    existing weights replace them), or None."""
+    return next((name for name, value in overrides.items()
+                 if name not in INIT_FIELDS and getattr(have, name, value) != value), None)
 
 
 class LossModule(nn.Module):
@@ -339,10 +350,10 @@ def _existing_model_config(out: Path) -> ModelConfig | None:
 
 def _check_unchanged(existing: ModelConfig, overrides: dict[str, Any], out: Path) -> None:
     """--resume continues the run's own model: a model flag that asks for another one is an error, not ignored."""
-    for name, value in overrides.items():
-        if name not in INIT_FIELDS and getattr(existing, name, value) != value:
-            raise ConfigError(f"--resume: {out} trains {name}={getattr(existing, name)!r}, the command asks for "
-                              f"{value!r}: drop the flag, or start a new --out")
+    name = _clash(existing, overrides)
+    if name is not None:
+        raise ConfigError(f"--resume: {out} trains {name}={getattr(existing, name)!r}, the command asks for "
+                          f"{overrides[name]!r}: drop the flag, or start a new --out")
 
 
 def _init_model_dir(cfg: TrainConfig, overrides: dict[str, Any]) -> tuple[TrainConfig, ModelDir | None]:
@@ -350,12 +361,10 @@ def _init_model_dir(cfg: TrainConfig, overrides: dict[str, Any]) -> tuple[TrainC
     if not cfg.init_from:
         return cfg, None
     mdir = read_model_dir(Path(cfg.init_from))
-    for name, value in overrides.items():
-        if name in INIT_FIELDS:  # how fresh weights are drawn: the model directory's weights replace them
-            continue
-        if getattr(mdir.model_cfg, name, value) != value:
-            raise ConfigError(f"--init-from {mdir.path} has {name}={getattr(mdir.model_cfg, name)!r}, "
-                              f"the recipe asks for {value!r}: the architecture comes from the model directory")
+    name = _clash(mdir.model_cfg, overrides)
+    if name is not None:
+        raise ConfigError(f"--init-from {mdir.path} has {name}={getattr(mdir.model_cfg, name)!r}, "
+                          f"the recipe asks for {overrides[name]!r}: the architecture comes from the model directory")
     tok = mdir.meta["tokenizer"]
     files = [str(mdir.path / tok["src"]), str(mdir.path / tok["tgt"])]
     if cfg.tokenizer and [f.name for f in cfg.tokenizer_files] != [Path(f).name for f in files]:
@@ -401,8 +410,7 @@ def _make_trainer(cfg: TrainConfig, overrides: dict[str, Any], resume: bool, pro
     init_cfg = init.model_cfg if init else None
 
     if init is None:  # a bad model flag fails now, not after reading the corpus and training the tokenizer
-        from_dict(ModelConfig, {**PRESETS[cfg.preset], "src_vocab_size": cfg.vocab_size,
-                                "tgt_vocab_size": cfg.vocab_size, **overrides})
+        _model_config(cfg, cfg.vocab_size, cfg.vocab_size, cfg.joint_vocab, overrides)
 
     def prepare_main() -> tuple[PreparedData, ModelConfig]:
         prepare_out(out, resume)
@@ -424,8 +432,8 @@ def _make_trainer(cfg: TrainConfig, overrides: dict[str, Any], resume: bool, pro
     data, model_cfg = prepared
     if not data.train:
         raise DataError(f"{cfg.train}: no sentence pair is shorter than max_len={cfg.max_len} subwords")
-    over = sum(max(len(src), len(tgt) + 1) > cfg.max_tokens for src, tgt in data.train)
-    if over and d.is_main:  # on a GPU such a batch can run out of memory hours into the run
+    over = d.is_main and sum(max(len(src), len(tgt) + 1) > cfg.max_tokens for src, tgt in data.train)
+    if over:  # on a GPU such a batch can run out of memory hours into the run
         log.warning("%d training pair(s) are longer than max_tokens=%d subwords: each makes a batch of its own, "
                     "over that budget (raise --max-tokens or lower --max-len to %d)", over, cfg.max_tokens,
                     cfg.max_tokens - 1)
