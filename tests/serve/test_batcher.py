@@ -30,6 +30,14 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 10))
 
 
+async def occupy(b: Batcher, rec: Recorder, text: str, options) -> asyncio.Future:
+    """Submit ``text`` and wait until the model thread holds it (``rec`` gated): the request's future."""
+    future = asyncio.ensure_future(b.submit([text], options))
+    while not rec.entered.is_set():
+        await asyncio.sleep(0.005)
+    return future
+
+
 def test_concurrent_requests_share_one_call_and_keep_their_order():
     rec = Recorder()
 
@@ -83,9 +91,7 @@ def test_full_queue_is_refused_at_once():
     async def main():
         b = Batcher(rec, max_batch=1, window_s=0.0, max_queue=2)
         b.start()
-        first = asyncio.ensure_future(b.submit(["busy"], "A"))
-        while not rec.entered.is_set():  # the model thread holds "busy"
-            await asyncio.sleep(0.005)
+        first = await occupy(b, rec, "busy", "A")
         queued = [asyncio.ensure_future(b.submit([f"q{i}"], "A")) for i in range(2)]
         await asyncio.sleep(0.01)
         assert b.queued == 2
@@ -121,9 +127,7 @@ def test_stop_answers_the_batch_being_computed_and_the_queue():
     async def main():
         b = Batcher(rec, max_batch=1, window_s=0.0, max_queue=8)
         b.start()
-        running = asyncio.ensure_future(b.submit(["a"], "beam"))
-        while not rec.entered.is_set():  # the model is busy with "a"
-            await asyncio.sleep(0.01)
+        running = await occupy(b, rec, "a", "beam")
         queued = asyncio.ensure_future(b.submit(["b"], "beam"))
         await asyncio.sleep(0.01)
         await b.stop()
