@@ -403,6 +403,26 @@ def test_empty_input_gives_empty_output(model_dir):
     assert translator.translate([]) == []
 
 
+def test_input_the_tokenizer_reduces_to_nothing_gives_empty_output(model_dir):
+    translator = Translator.load(model_dir)
+    invisible = ["\u200b", "\u200e \u200b", "\ufeff"]  # zero-width space, left-to-right mark, BOM
+    assert translator.tokenizer.encode_src(invisible) == [[], [], []]  # the premise: no subwords at all
+    out = translator.translate(invisible + ["a b"], beam_size=2)
+    assert out[:3] == ["", "", ""] and out[3]  # was: a sentence invented from a bare </s>
+    assert translator.translate(t for t in ["a b", ""]) == translator.translate(["a b", ""])  # was: IndexError
+
+
+def test_a_sentence_translated_as_nothing_adds_no_space_when_joined():
+    from seqformer.segment import join_pieces
+    from seqformer.translator import Translation
+
+    def one(text: str) -> list[Translation]:
+        return [Translation(text, -1.0, -1.0, text.split())]
+
+    joined = join_pieces([one(""), one("Bonjour."), one(""), one("Merci."), one("")])
+    assert joined[0].text == "Bonjour. Merci."  # was: " Bonjour.  Merci. "
+
+
 @pytest.mark.filterwarnings("ignore:.*outside the model's vocabulary")
 def test_unknown_characters_do_not_crash(model_dir):
     translator = Translator.load(model_dir)
@@ -478,3 +498,74 @@ def test_long_input_on_the_command_line_warns_on_one_line(model_dir):
     err = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("seqformer: warning: ") and "truncated" in err[0], result.stderr
 
+
+
+# --- input files that read as something else ------------------------------------------------------
+
+def test_utf16_and_old_mac_line_endings_are_errors_not_one_garbled_line(tmp_path):
+    (tmp_path / "u16.en").write_bytes("hello\nworld\n".encode("utf-16-le"))  # valid UTF-8, a NUL per letter
+    (tmp_path / "u16.fr").write_bytes("bonjour\nmonde\n".encode("utf-16-le"))
+    with pytest.raises(DataError, match=r"u16\.en:1: NUL byte at character 2 .*UTF-16"):  # was: junk pairs
+        read_parallel(str(tmp_path / "u16"))
+    (tmp_path / "mac.en").write_bytes(b"one\rtwo\rthree\r")
+    (tmp_path / "mac.fr").write_bytes(b"un\rdeux\rtrois\r")
+    with pytest.raises(DataError, match=r"mac\.en:1: carriage return inside the line at character 4"):
+        read_parallel(str(tmp_path / "mac"))  # was: one pair ('one\rtwo\rthree', 'un\rdeux\rtrois')
+    (tmp_path / "crlf.tsv").write_bytes(b"a b\tb a\r\nc d\td c\r\n")  # Windows line endings stay fine
+    assert read_parallel(str(tmp_path / "crlf.tsv")) == [("a b", "b a"), ("c d", "d c")]
+
+
+def test_pairs_with_an_empty_side_are_counted_in_a_warning(tmp_path, caplog):
+    from seqformer.training.data import prepare
+
+    data = write_tsv(tmp_path / "gaps.tsv", [("a b", "b a"), ("a", ""), ("", "d"), ("b c", "c b")])
+    with caplog.at_level("WARNING"):
+        prepared = prepare(TrainConfig(train=str(data), valid=str(data), vocab_size=16), tmp_path)
+    assert len(prepared.train) == len(prepared.valid) == 2
+    skipped = [r.getMessage() for r in caplog.records if "empty source or target" in r.getMessage()]
+    assert skipped == [f"{data}: skipped 2 pair(s) with an empty source or target side"] * 2  # was: silent
+
+
+def test_sentencepiece_trains_on_long_lines_and_names_the_real_problem(tmp_path):
+    from seqformer.data.tokenizer import train_sentencepiece
+
+    long_lines = [" ".join(f"w{i % 40}" for i in range(1500)) for _ in range(10)]  # > 4,192 bytes each
+    train_sentencepiece(long_lines, tmp_path / "long.model", 50)  # was: skipped, then "raise --vocab-size"
+    with pytest.raises(DataError, match="no usable text") as err:
+        train_sentencepiece(["\x01\x02"] * 10, tmp_path / "ctl.model", 50)
+    assert "vocab-size" not in str(err.value)
+
+
+def test_closed_stdin_is_a_one_line_error(model_dir, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", None)  # what Python gives a process started with fd 0 closed
+    assert call_main("translate", "--model", model_dir) == 1  # was: AttributeError traceback
+    assert "stdin is closed" in _one_line_error(capsys.readouterr().err)
+
+
+def test_outputs_that_would_replace_an_input_or_loop_are_refused(model_dir, tmp_path, capsys):
+    src, ref = tmp_path / "src.txt", tmp_path / "ref.txt"
+    src.write_text("a b\nc d\n")
+    ref.write_text("b a\nd c\n")
+    for args, flag, victim in (
+        (("translate", "--model", model_dir, "--input", src, "--output", src), "--input", src),
+        (("evaluate", "--model", model_dir, "--src", src, "--ref", ref, "--hyp-out", ref), "--ref", ref),
+    ):
+        before = victim.read_bytes()
+        assert call_main(*args) == 1
+        assert f"is also the {flag} file" in _one_line_error(capsys.readouterr().err)
+        assert victim.read_bytes() == before  # was: replaced by the translations
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert call_main("translate", "--model", model_dir, "a b", "--output", loop) == 1  # was: RuntimeError traceback
+    assert "cannot be written" in _one_line_error(capsys.readouterr().err)
+
+
+def test_a_bad_tokenizer_file_is_named_as_given_and_not_copied(tmp_path, capsys):
+    data = write_tsv(tmp_path / "d.tsv", reversal_pairs(20, seed=1))
+    bad = tmp_path / "my.model"
+    bad.write_bytes(b"not a sentencepiece model")
+    out = tmp_path / "run"
+    assert call_main("train", "--train", data, "--out", out, "--tokenizer", bad, "--preset", "tiny",
+                     "--max-steps", "1", "--quiet") == 1
+    assert f"{bad}: not a valid SentencePiece model" in _one_line_error(capsys.readouterr().err)  # was: run/my.model
+    assert not (out / "my.model").exists()

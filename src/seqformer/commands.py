@@ -35,8 +35,9 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_output(path: str | None) -> None:
-    """Fail before any work when an output file cannot be written."""
+def _check_output(path: str | None, inputs: tuple[tuple[str, str | None], ...] = ()) -> None:
+    """Fail before any work when an output file cannot be written, or is one of the command's ``inputs``
+    ((flag, path) pairs: replacing that file with translations would lose it)."""
     if not path:
         return
     if Path(path).is_dir():
@@ -45,7 +46,13 @@ def _check_output(path: str | None) -> None:
         if not os.access(path, os.W_OK):
             raise DataError(f"{path}: cannot be written")
         return
-    parent = Path(path).resolve().parent
+    for flag, given in inputs:
+        if given and Path(path).is_file() and Path(given).is_file() and Path(path).samefile(given):
+            raise DataError(f"{path}: is also the {flag} file; write the output elsewhere")
+    try:
+        parent = Path(path).resolve().parent
+    except (RuntimeError, OSError) as err:  # a symlink loop
+        raise DataError(f"{path}: cannot be written ({err})") from None
     if not parent.is_dir():
         raise DataError(f"{path}: output folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
@@ -124,6 +131,8 @@ def _chunks(args: argparse.Namespace, batch_size: int) -> Iterator[list[str]]:
         for i in range(0, len(lines), batch_size):
             yield lines[i : i + batch_size]
         return
+    if sys.stdin is None:  # file descriptor 0 closed (cron, some service managers)
+        raise DataError("nothing to translate: no TEXT, no --input, and stdin is closed")
     interactive = sys.stdin.isatty()
     waiting = [False]  # whether more input waits after the line just read
 
@@ -159,7 +168,7 @@ def translate(args: argparse.Namespace) -> int:
         raise ConfigError("--attention adds the cross-attention to --json output: give --json too")
     if args.text and args.input:
         raise ConfigError(f"give TEXT arguments or --input {args.input}, not both")
-    _check_output(args.output)
+    _check_output(args.output, (("--input", args.input),))
     cfg = _decode_config(args)
     if cfg.nbest > 1 and not args.json:
         raise ConfigError(f"--nbest {cfg.nbest} needs --json (plain output is one translation per input line)")
@@ -191,7 +200,7 @@ def evaluate(args: argparse.Namespace) -> int:
     for path, ref in zip(args.ref, refs):
         if len(ref) != len(src):
             raise DataError(f"{path} has {len(ref)} lines but {args.src} has {len(src)}: files must be line-aligned")
-    _check_output(args.hyp_out)
+    _check_output(args.hyp_out, (("--src", args.src), *(("--ref", r) for r in args.ref)))
     translator = _translator(args)
     cfg = _decode_config(args)
     hyps = translator.translate(src, **asdict(cfg))

@@ -80,7 +80,7 @@ def join_pieces(pieces: list[list[Translation]]) -> list[Translation]:
         return pieces[0]
     best = [p[0] for p in pieces]
     return [Translation(
-        text=" ".join(b.text for b in best),
+        text=" ".join(b.text for b in best if b.text),  # a sentence translated as nothing adds no space
         score=sum(b.score for b in best),
         logprob=sum(b.logprob for b in best),
         tokens=[t for b in best for t in b.tokens],

@@ -92,13 +92,16 @@ class Translator:
         """n-best translations with scores for each text; empty input gives an empty result.
 
         With ``split`` (default), a text of several sentences is translated sentence by
-        sentence and the best translations joined, so long input is never truncated.
+        sentence and the best translations joined, so long input is translated piecewise (only a
+        single sentence longer than the model's positions is cut, with a warning). Input the
+        tokenizer turns into no subwords at all (zero-width or direction marks) gives empty output.
         Symbols the source vocabulary cannot spell (emoji, ...) bypass the model and are copied
         into the translation (:mod:`seqformer.passthrough`).
         With ``need_attention`` and ``per_head``, hypotheses also carry per-layer, per-head weights.
         """
         if isinstance(texts, str):  # iterating it would translate each character on its own
             raise TypeError("texts must be a list of strings: translate([text]), not translate(text)")
+        texts = list(texts)  # a generator would be used up by the first pass
         cfg = DecodeConfig(**options)
         pieces: list[str] = []
         held: list[Held] = []
@@ -126,10 +129,13 @@ class Translator:
                 warnings.warn(f"input of {len(seq)} subwords truncated to {self.max_src_len - 1}: {t[:40]!r}...",
                               stacklevel=3)
         src = [encode_source(seq, eos, self.max_src_len) for seq in ids]
+        # subwords besides a language tag: none (SentencePiece drops zero-width and direction marks) would
+        # leave the model a bare </s> to invent a sentence from
+        content = [len(seq) - bool(self.tokenizer.split_lang_tag(t)[0]) for t, seq in zip(texts, ids)]
         order = sorted(range(len(texts)), key=lambda i: -len(src[i]))
         out: list[list[Translation]] = [[] for _ in texts]
         for start in range(0, len(order), cfg.batch_size):
-            chunk = [i for i in order[start : start + cfg.batch_size] if texts[i]]
+            chunk = [i for i in order[start : start + cfg.batch_size] if content[i] > 0]
             if not chunk:
                 continue
             batch = pad([src[i] for i in chunk], self.model.cfg.pad_id)  # (B, S)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import logging
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from seqformer.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def open_binary(path: Path):
@@ -25,15 +28,24 @@ def decode_lines(raw: Iterable[bytes], name: str) -> Iterator[str]:
     """UTF-8 lines without their line endings; a bad byte is reported with its line and column.
 
     A byte-order mark (Windows editors) at the start is dropped, not glued to the first sentence.
+    NUL bytes (a UTF-16 file reads as valid UTF-8 with one after every letter) and a carriage return
+    inside a line (old Mac line endings would make the whole file one line) are errors too.
     """
     for lineno, line in enumerate(raw, start=1):
         if lineno == 1 and line.startswith(codecs.BOM_UTF8):
             line = line[len(codecs.BOM_UTF8):]
         try:
-            yield line.decode("utf-8").rstrip("\r\n")
+            text = line.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError as err:
             raise DataError(f"{name}:{lineno}: not valid UTF-8 ({err.reason} at byte {err.start + 1} of the line)"
                             ) from None
+        if "\x00" in text:
+            raise DataError(f"{name}:{lineno}: NUL byte at character {text.index(chr(0)) + 1} of the line "
+                            "(a UTF-16 file? save it as UTF-8)")
+        if "\r" in text:
+            raise DataError(f"{name}:{lineno}: carriage return inside the line at character {text.index(chr(13)) + 1}"
+                            " (lines must end with \\n or \\r\\n, not \\r alone)")
+        yield text
 
 
 def read_lines(path: Path) -> list[str]:
@@ -84,6 +96,10 @@ def read_parallel(spec: str, src_lang: str = "en", tgt_lang: str = "fr") -> list
     return read_pair_files(_find(spec, src_lang), _find(spec, tgt_lang))
 
 
-def drop_empty(pairs: list[tuple[str, str]]) -> Iterator[tuple[str, str]]:
-    """Training skips pairs with an empty side: they teach nothing but the end token."""
-    return ((s, t) for s, t in pairs if s and t)
+def drop_empty(pairs: list[tuple[str, str]], name: str) -> list[tuple[str, str]]:
+    """Training skips pairs with an empty side (they teach nothing but the end token), with a warning
+    naming ``name`` and how many."""
+    kept = [(s, t) for s, t in pairs if s and t]
+    if len(kept) < len(pairs):
+        log.warning("%s: skipped %d pair(s) with an empty source or target side", name, len(pairs) - len(kept))
+    return kept

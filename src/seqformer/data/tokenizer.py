@@ -31,8 +31,10 @@ def train_sentencepiece(
     try:
         _train(sentences, model, vocab_size, model_type)
     except RuntimeError as err:  # e.g. "Vocabulary size is smaller than required_chars. 16 vs 67"
-        raise DataError(f"cannot train a {vocab_size}-piece SentencePiece model on this corpus "
-                        f"({str(err).strip().splitlines()[-1]}): raise --vocab-size") from None
+        reason = str(err).strip().splitlines()[-1]
+        advice = "raise --vocab-size" if "ocabulary size" in reason else "the corpus has no usable text"
+        raise DataError(f"cannot train a {vocab_size}-piece SentencePiece model on this corpus ({reason}): "
+                        f"{advice}") from None
     out_file = Path(out_file)
     atomic_write_bytes(out_file, model.getvalue())  # a run killed while writing leaves no half model to reuse
     return out_file
@@ -47,6 +49,7 @@ def _train(sentences: list[str], model: io.BytesIO, vocab_size: int, model_type:
         character_coverage=1.0,
         pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
         hard_vocab_limit=False,
+        max_sentence_length=1 << 16,  # bytes; SentencePiece's default (4192) silently skips longer lines
         num_threads=2,
         minloglevel=2,
     )

@@ -87,11 +87,11 @@ def encode_pairs(tok: Tokenizer, pairs: list[tuple[str, str]], max_len: int, eos
 def prepare(cfg: TrainConfig, out: Path, write: bool = True, init: ModelDir | None = None) -> PreparedData:
     """Read and encode the corpus; ``write=False`` (ranks other than 0) only loads the tokenizer rank 0 wrote.
     ``init``: the --init-from model directory, whose tokenizer and end-of-sentence id the data then uses."""
-    pairs = list(drop_empty(read_parallel(cfg.train, cfg.src_lang, cfg.tgt_lang)))
+    pairs = drop_empty(read_parallel(cfg.train, cfg.src_lang, cfg.tgt_lang), cfg.train)
     if not pairs:
         raise DataError(f"{cfg.train}: no non-empty sentence pairs")
     valid = read_parallel(cfg.valid, cfg.src_lang, cfg.tgt_lang) if cfg.valid else []
-    valid = list(drop_empty(valid))
+    valid = drop_empty(valid, cfg.valid)
     if init is not None:
         tok, names, extra = _init_tokenizer(init, out, write)
         return PreparedData(tok, names, encode_pairs(tok, pairs, cfg.max_len, init.model_cfg.eos_id), valid, extra)
