@@ -228,10 +228,6 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def copy_tokenizer(src_files: list[Path], out: Path) -> None:
-    from seqformer.data.tokenizer import Tokenizer  # it imports this module
-
-    for f in src_files:  # a bad file is named as the user gave it, before anything is copied
-        Tokenizer.load(f)
     for f in src_files:
         target = Path(out) / Path(f).name
         if Path(f).resolve() != target.resolve():

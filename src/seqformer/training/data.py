@@ -31,6 +31,8 @@ def _tokenizer_files(cfg: TrainConfig, out: Path, pairs: list[tuple[str, str]], 
     if cfg.tokenizer:
         files = cfg.tokenizer_files
         if write:
+            for f in files:  # a bad file is named as the user gave it, before anything is copied
+                Tokenizer.load(f)
             copy_tokenizer(files, out)
         names = [f.name for f in files]
         return names[0], names[-1]
