@@ -398,10 +398,32 @@ def test_filters_work_row_by_row():
     assert torch.isfinite(out).tolist() == [[False, True, False, True], [True, False, False, False]]
 
 
-def test_sampling_frequencies_follow_the_filtered_distribution():
+@pytest.mark.parametrize("own_generators", [False, True], ids=["global", "per-row"])
+def test_sampling_frequencies_follow_the_filtered_distribution(own_generators):
     lp = _lp(0.5, 0.3, 0.15, 0.05).expand(20000, -1).contiguous()
     cfg = DecodeConfig(sampling=True, top_p=0.85)
-    draws = pick(lp, cfg, torch.Generator().manual_seed(0))
-    freq = torch.bincount(draws, minlength=4).float() / len(draws)
+    torch.manual_seed(0)
+    gens = [torch.Generator().manual_seed(i) for i in range(len(lp))] if own_generators else None
+    freq = torch.bincount(pick(lp, cfg, gens), minlength=4).float() / len(lp)
     expected = torch.tensor([0.5, 0.3, 0.15, 0.0]) / 0.95
     torch.testing.assert_close(freq, expected, atol=0.015, rtol=0)
+    assert freq[3] == 0  # the token top-p removed is never drawn
+
+
+@torch.no_grad()
+def test_a_seeded_sample_does_not_depend_on_its_batch_neighbours():
+    # Each sentence draws from its own generator (seed, source ids, copy): alone, in a batch, first or
+    # last, the same sample; was one generator per call, shared row by row.
+    model = tiny_model(seed=14)
+    seqs = random_ids([5, 3, 7, 4], model.cfg.src_vocab_size, seed=2)
+    cfg = DecodeConfig(sampling=True, nbest=3, temperature=3.0, seed=5)
+
+    def sample(batch):
+        return [[h.tokens for h in nbest] for nbest in generate(model, *src_batch(batch), cfg)]
+
+    alone = [sample([s])[0] for s in seqs]
+    assert sample(seqs) == alone
+    assert sample(seqs[::-1]) == alone[::-1]
+    assert sample([seqs[0], seqs[0]]) == [alone[0], alone[0]]  # the same sentence samples the same
+    assert len({tuple(map(tuple, a)) for a in alone}) > 1  # not one sample for all sentences
+    assert len({tuple(c) for c in alone[2]}) > 1  # a sentence's copies draw differently

@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", action="store_true", help="with --json: include cross-attention")
     p.add_argument("--no-split", action="store_true", help="do not split long input into sentences")
     add_dataclass_args(p, DecodeConfig, skip=_DECODE_SKIP, title="decoding (DecodeConfig)")
-    p.add_argument("--seed", type=int, default=None, help="sampling seed")
+    p.add_argument("--seed", type=int, default=None,
+                   help="sampling seed: a sentence then samples the same whatever it is batched with "
+                   "(int8: up to the batch's shared activation scale)")
 
     p = sub.add_parser("evaluate", help="BLEU and chrF of a model's translations against references")
     _add_model_args(p)

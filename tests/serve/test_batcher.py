@@ -71,19 +71,6 @@ def test_max_batch_splits_and_options_never_mix():
     assert sorted(len(c) for c in rec.calls) == [2, 2, 3]
 
 
-def test_solo_jobs_run_alone():
-    rec = Recorder()
-
-    async def main():
-        b = Batcher(rec, max_batch=32, window_s=0.05, max_queue=64)
-        b.start()
-        await asyncio.gather(b.submit(["x"], "S", solo=True), b.submit(["y"], "S", solo=True), b.submit(["z"], "S"))
-        await b.stop()
-
-    run(main())
-    assert sorted(map(sorted, rec.calls)) == [["x"], ["y"], ["z"]]
-
-
 def test_full_queue_is_refused_at_once():
     gate = threading.Event()
     rec = Recorder(gate)

@@ -121,6 +121,12 @@ def test_sampling_with_seed_is_reproducible(client, translator):
     assert [h["text"] for h in first["results"][0]["translations"]] == [h.text for h in want[0]]
     others = [client.post("/translate", json={**body, "seed": s}).json() for s in (8, 9, 10)]
     assert any(o["results"] != first["results"] for o in others)
+    # batched with another text, the same samples (was: one generator per call, shared row by row)
+    both = client.post("/translate", json={**{k: v for k, v in body.items() if k != "text"},
+                                           "texts": ["A dog runs.", "The old tree."]}).json()
+    got, want = both["results"][1]["translations"], first["results"][0]["translations"]
+    assert [(h["text"], h["tokens"]) for h in got] == [(h["text"], h["tokens"]) for h in want]
+    assert all(abs(g["score"] - w["score"]) < 1e-4 for g, w in zip(got, want))
 
 
 @pytest.mark.parametrize("body, field", [

@@ -22,5 +22,5 @@ def generate(model, src: Tensor, src_pad_mask: Tensor, cfg: DecodeConfig,
     src_lengths = (~src_pad_mask).sum(dim=1)  # (B,)
     limits = max_lengths(src_lengths, cfg.max_len_a, cfg.max_len_b, model.cfg.max_positions - 1)
     if cfg.sampling or cfg.beam_size == 1:
-        return greedy_or_sample(model, memory, src_pad_mask, limits, cfg, need_attention)
+        return greedy_or_sample(model, memory, src_pad_mask, limits, cfg, need_attention, src)
     return beam_search(model, memory, src_pad_mask, limits, cfg, need_attention)

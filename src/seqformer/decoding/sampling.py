@@ -6,6 +6,7 @@ long sentence does not keep finished short ones computing.
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING
 
 import torch
@@ -36,12 +37,31 @@ def filter_logits(logprobs: Tensor, temperature: float, top_k: int, top_p: float
     return logits
 
 
-def pick(logprobs: Tensor, cfg: DecodeConfig, gen: torch.Generator | None) -> Tensor:
-    """Choose the next token of each row: argmax, or a draw from the filtered distribution. (N,)"""
+def row_generators(src: Tensor, src_pad_mask: Tensor, seed: int, copies: int) -> list[torch.Generator]:
+    """One generator per decoded row (sentence-major, ``copies`` per sentence), seeded from the seed, the
+    sentence's source ids and the copy number: a sentence's samples do not depend on its batch
+    neighbours or its place in the batch. src, src_pad_mask: (B, S)."""
+    gens = []
+    for ids, pad in zip(src.tolist(), src_pad_mask.tolist()):
+        key = ",".join(str(i) for i, p in zip(ids, pad) if not p)
+        for copy in range(copies):
+            digest = hashlib.blake2b(f"{seed}/{copy}/{key}".encode(), digest_size=8).digest()
+            gens.append(torch.Generator().manual_seed(int.from_bytes(digest, "little")))
+    return gens
+
+
+def pick(logprobs: Tensor, cfg: DecodeConfig, gens: list[torch.Generator] | None = None) -> Tensor:
+    """Choose the next token of each row: argmax, or a draw from the filtered distribution, from the
+    global generator or, given ``gens``, one uniform number from each row's own generator. (N,)"""
     if not cfg.sampling:
         return logprobs.argmax(dim=-1)
-    logits = filter_logits(logprobs, cfg.temperature, cfg.top_k, cfg.top_p)
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=gen).squeeze(1)
+    probs = filter_logits(logprobs, cfg.temperature, cfg.top_k, cfg.top_p).softmax(dim=-1)  # (N, V)
+    if gens is None:
+        return torch.multinomial(probs, 1).squeeze(1)
+    cum = probs.cumsum(dim=-1)  # (N, V)
+    u = torch.cat([torch.rand(1, generator=g, dtype=cum.dtype) for g in gens]) * cum[:, -1]  # (N,) in [0, total)
+    # the first token whose cumulative mass exceeds u: never one of probability zero
+    return torch.searchsorted(cum, u[:, None], right=True).squeeze(1).clamp_(max=probs.size(-1) - 1)  # (N,)
 
 
 @torch.no_grad()
@@ -52,15 +72,21 @@ def greedy_or_sample(
     limits: Tensor,
     cfg: DecodeConfig,
     need_attention: bool = False,
+    src: Tensor | None = None,
 ) -> list[list[Hypothesis]]:
-    """Decode each of the B sentences (memory: (B, S, D)) ``nbest`` times when sampling, once when greedy."""
+    """Decode each of the B sentences (memory: (B, S, D)) ``nbest`` times when sampling, once when greedy.
+    Seeded sampling needs ``src`` (B, S), the source ids its per-sentence generators are seeded from."""
     mc = model.cfg
     copies = cfg.nbest if cfg.sampling else 1
+    gens = None
+    if cfg.sampling and cfg.seed is not None:
+        if src is None:
+            raise ValueError("seeded sampling needs the source ids (src)")
+        gens = row_generators(src, src_pad_mask, cfg.seed, copies)
     memory = memory.repeat_interleave(copies, 0)  # (N, S, D)
     src_pad_mask = src_pad_mask.repeat_interleave(copies, 0)  # (N, S)
     limits = limits.repeat_interleave(copies, 0)  # (N,)
     n = memory.size(0)
-    gen = torch.Generator().manual_seed(cfg.seed) if cfg.sampling and cfg.seed is not None else None
     cache = model.new_cache(limits)
     rows = torch.arange(n)  # original row of each active row
     last = torch.full((n, 1), mc.decoder_start_id, dtype=torch.long)  # (N, 1)
@@ -72,7 +98,7 @@ def greedy_or_sample(
     while rows.numel() > 0:
         lp, attn = model.decode_step(last, memory, src_pad_mask, cache, need_weights=need_attention)  # (N, V)
         lp = constrain(lp, step, limits, cfg.min_len, mc.eos_id, mc.pad_id)
-        tok = pick(lp, cfg, gen)  # (N,)
+        tok = pick(lp, cfg, None if gens is None else [gens[r] for r in rows.tolist()])  # (N,)
         tok_lp = lp.gather(1, tok[:, None]).squeeze(1)  # (N,)
         step_attn = torch.stack([a[:, :, -1] for a in attn], dim=1) if need_attention else None  # (N, L, H, S)
         keep = []

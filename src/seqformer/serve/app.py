@@ -49,7 +49,7 @@ def create_app(translator: Translator, cfg: ServeConfig | None = None) -> FastAP
         """Translate ``text`` or ``texts``; concurrent requests are batched together."""
         texts = texts_of(req)
         opts = options_of(req, cfg.max_batch)
-        results = await batcher.submit(texts, opts, solo=opts.solo)
+        results = await batcher.submit(texts, opts)
         return {"results": [{"input": t, "translations": r} for t, r in zip(texts, results)]}
 
     @app.get("/health")

@@ -32,7 +32,6 @@ class Overloaded(Exception):
 class _Job:
     texts: list[str]
     options: Hashable  # jobs batch together only when their options are equal
-    solo: bool  # runs alone (e.g. seeded sampling, whose draws depend on the batch)
     future: asyncio.Future = field(repr=False)
 
 
@@ -86,7 +85,7 @@ class Batcher:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, texts: list[str], options: Hashable, solo: bool = False) -> list:
+    async def submit(self, texts: list[str], options: Hashable) -> list:
         """Translate ``texts`` with ``options``; one result per text, in order."""
         if self._task is None or self._wake is None:
             raise RuntimeError("Batcher.start() was not called")
@@ -94,7 +93,7 @@ class Batcher:
         if self._queued + cost > self.max_queue:
             raise Overloaded(f"{self._queued} texts already queued (max_queue {self.max_queue}); retry later")
         future = asyncio.get_running_loop().create_future()
-        self._jobs.append(_Job(list(texts), options, solo, future))
+        self._jobs.append(_Job(list(texts), options, future))
         self._queued += cost
         self._wake.set()
         return await future
@@ -134,8 +133,7 @@ class Batcher:
             if job.future.done():  # the client went away
                 self._queued -= max(len(job.texts), 1)
                 continue
-            fits = not batch or (not batch[0].solo and not job.solo and job.options == batch[0].options
-                                 and n_texts + len(job.texts) <= self.max_batch)
+            fits = not batch or (job.options == batch[0].options and n_texts + len(job.texts) <= self.max_batch)
             if fits:
                 batch.append(job)
                 n_texts += len(job.texts)

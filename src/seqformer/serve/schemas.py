@@ -31,8 +31,9 @@ def request_model(cfg: ServeConfig, vocab_size: int) -> type[BaseModel]:
         top_p=(float, Field(d.top_p, gt=0, le=1, allow_inf_nan=False)),
         length_penalty=(float, Field(d.length_penalty, ge=0, le=MAX_LENGTH_PENALTY, allow_inf_nan=False)),
         seed=(int | None, Field(None, ge=0, le=2**31 - 1, description=(
-            "sampling seed: the same request samples the same again (such requests run alone); "
-            "a text's samples also depend on the other texts of the request"))),
+            "sampling seed: a sentence samples the same again with the same seed and options, whatever "
+            "other texts or requests it is batched with (int8 models: up to the batch's shared "
+            "activation scale)"))),
         split=(bool, Field(True, description="translate multi-sentence text sentence by sentence")),
         attention=(bool, Field(False, description="include cross-attention (averaged) and subword tokens")),
         attention_heads=(bool, Field(False, description="also include per-layer, per-head attention (L, H, T, S)")),

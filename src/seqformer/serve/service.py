@@ -19,11 +19,6 @@ class Options:
     heads: bool = False
     split: bool = True
 
-    @property
-    def solo(self) -> bool:
-        """Seeded sampling draws from one generator per call: batch partners would change the result."""
-        return self.decode.sampling and self.decode.seed is not None
-
 
 def texts_of(req: Any) -> list[str]:
     """The request's texts: exactly one of ``text`` and ``texts`` must be given."""
