@@ -138,10 +138,11 @@ def train_marian(model: MarianMTModel, data: PreparedData, cfg: TrainConfig, mc:
             "precision": amp.name, "threads": torch.get_num_threads()}
 
 
-def train_and_save(recipe: str, work: Path, minutes: float) -> dict:
-    """Build MarianMTModel from the recipe, train it for ``minutes``, save it with its tokenizer in ``work``."""
+def train_and_save(recipe: str, work: Path, minutes: float, overrides: dict) -> dict:
+    """Build MarianMTModel from the recipe (its train fields updated by ``overrides``), train it for
+    ``minutes``, save it with its tokenizer in ``work``."""
     train_fields, model_fields = load_recipe(Path(recipe))
-    cfg = from_dict(TrainConfig, train_fields)
+    cfg = from_dict(TrainConfig, {**train_fields, **overrides})
     data, origin = prepare_data(cfg, work)
     mc = build_model_config(cfg, data, model_fields)
     print(f"# MarianMTModel by {recipe}: {len(data.train)} training pairs, tokenizer {origin}, "
@@ -265,6 +266,10 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, help="training time (batching + updates), as the recipe's max_minutes")
     ap.add_argument("--recipe", default="recipes/tatoeba-en-fr.json")
+    ap.add_argument("--seed", type=int, help="the recipe's seed replaced (first weights, dropout, batch order), "
+                    "as seqformer train --seed")
+    ap.add_argument("--out", help="the seqformer run of this recipe whose tokenizer MarianMTModel uses, when not "
+                    "the recipe's out (as seqformer train --out)")
     ap.add_argument("--work", default="work/bench-marian", help="where the Marian model and its tokenizer are saved")
     ap.add_argument("--no-train", action="store_true", help="re-score the model already saved in --work")
     ap.add_argument("--seqformer-model", help="also score this seqformer model directory ('bundled': the packaged one)")
@@ -294,7 +299,8 @@ def main() -> None:
     print(f"# {args.threads} threads on {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start",
           flush=True)
     if not args.no_train:
-        print(json.dumps(train_and_save(args.recipe, work, args.minutes)), flush=True)
+        overrides = {k: v for k, v in (("seed", args.seed), ("out", args.out)) if v is not None}
+        print(json.dumps(train_and_save(args.recipe, work, args.minutes, overrides)), flush=True)
     marian, info = MarianTranslator.load(work)
     if args.no_train:
         print(json.dumps({k: info[k] for k in ("engine", "steps", "epoch", "elapsed_s", "precision", "threads")}))

@@ -8,12 +8,15 @@
 # both sides. Both models (their last weights, no choice made) are then scored once on the test split,
 # greedy and beam 4. About 100 minutes of wall time in all. Needs: pip install -e ".[bench]" (transformers)
 #   bash recipes/tatoeba-en-fr-vs-marian.sh
+#   SEED=2 bash recipes/tatoeba-en-fr-vs-marian.sh   # another seed on both sides (weights, dropout, batch order)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SHARED:-../shared}
-RUN=work/runs/tatoeba-en-fr-40min
+SEED=${SEED:-1}
+SUFFIX=$([ "$SEED" = 1 ] && echo "" || echo "-seed$SEED")
+RUN=work/runs/tatoeba-en-fr-40min$SUFFIX
 
 python recipes/tatoeba_split.py "$SHARED/data/tatoeba-en-fr/train.tsv.gz" work/tatoeba-en-fr
-python -m seqformer train --config recipes/tatoeba-en-fr-40min.json --resume
-python benchmarks/bundled_vs_marian.py --minutes 40 --recipe recipes/tatoeba-en-fr-40min.json \
-  --work work/bench-marian-40min --seqformer-model "$RUN" --split test --beams 1,4
+python -m seqformer train --config recipes/tatoeba-en-fr-40min.json --seed "$SEED" --out "$RUN" --resume
+python benchmarks/bundled_vs_marian.py --minutes 40 --recipe recipes/tatoeba-en-fr-40min.json --seed "$SEED" \
+  --out "$RUN" --work "work/bench-marian-40min$SUFFIX" --seqformer-model "$RUN" --split test --beams 1,4
