@@ -379,6 +379,7 @@ def test_huge_length_limits_are_capped_at_the_models_positions():
     assert max_lengths(src, 1e30, 10, 99).tolist() == [99, 99]
     assert max_lengths(src, 1.0, 10**20, 99).tolist() == [99, 99]
     assert max_lengths(src, 1.2, 10, 99).tolist() == [13, 18]
+    assert max_lengths(torch.tensor([90]), 1.3, 1, 999).tolist() == [math.floor(1.3 * 90 + 1)] == [118]  # was 117
 
 
 @pytest.mark.parametrize("top_k,kept", [(1, [1]), (2, [1, 3]), (3, [1, 2, 3]), (0, [0, 1, 2, 3]), (9, [0, 1, 2, 3])])

@@ -19,7 +19,8 @@ class Hypothesis:
 
 def max_lengths(src_lengths: Tensor, a: float, b: int, limit: int) -> Tensor:
     """Per-sentence output length limit ``a * src_len + b``, capped at the model's positions. (B,) -> (B,)"""
-    return (src_lengths.float() * a + float(b)).clamp(min=1, max=limit).floor().long()  # clamped before the cast
+    # float64 as Python's own a * n + b (float32 makes 1.3 * 90 + 1 = 117.99999, one token short)
+    return (src_lengths.double() * a + float(b)).clamp(min=1, max=limit).floor().long()  # clamped before the cast
 
 
 def normalise(logprob: float, length: int, alpha: float) -> float:
