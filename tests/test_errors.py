@@ -569,3 +569,14 @@ def test_a_bad_tokenizer_file_is_named_as_given_and_not_copied(tmp_path, capsys)
                      "--max-steps", "1", "--quiet") == 1
     assert f"{bad}: not a valid SentencePiece model" in _one_line_error(capsys.readouterr().err)  # was: run/my.model
     assert not (out / "my.model").exists()
+
+
+def test_an_empty_path_is_an_error_not_an_absent_option(model_dir, tmp_path, capsys):
+    src = tmp_path / "src.txt"
+    src.write_text("a b\n")
+    for args, flag in ((("translate", "--model", model_dir, "--input", ""), "--input"),  # was: read stdin
+                       (("translate", "--model", model_dir, "a b", "--output", " "), "--output"),  # was: the screen
+                       (("evaluate", "--model", model_dir, "--src", src, "--ref", src, "--hyp-out", ""), "--hyp-out"),
+                       (("evaluate", "--model", model_dir, "--src", src, "--ref", ""), "--ref")):
+        assert call_main(*args) == 1
+        assert _one_line_error(capsys.readouterr().err) == f"seqformer: error: {flag} is empty: give a path"

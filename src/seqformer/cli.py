@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from seqformer.config import DecodeConfig, ModelConfig, TrainConfig
-from seqformer.errors import SeqformerError, TrainingStopped
+from seqformer.errors import ConfigError, SeqformerError, TrainingStopped
 
 _DECODE_SKIP = {"seed"}
 _TRAIN_POSITIONAL = {"train", "valid", "out"}
@@ -125,6 +125,19 @@ def _add_serving_parsers(sub) -> None:
                        title="decoding (DecodeConfig)")
 
 
+_PATH_OPTIONS = ("input", "output", "hyp_out", "model", "out", "train", "valid", "src", "ref", "config", "tokenizer")
+
+
+def _refuse_empty_paths(args: argparse.Namespace) -> None:
+    """An empty path (an unset shell variable: --output "$OUT") is an error, not "not given": --input ""
+    would read stdin, --output "" print to the screen, --hyp-out "" write nothing."""
+    for name in _PATH_OPTIONS:
+        value = getattr(args, name, None)
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and not v.strip() for v in values):
+            raise ConfigError(f"--{name.replace('_', '-')} is empty: give a path")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -133,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from seqformer import commands
 
     try:
+        _refuse_empty_paths(args)
         return getattr(commands, args.command.replace("-", "_"))(args)
     except TrainingStopped as err:  # not an error, but not finished either: a script must not go on as if it were
         print(f"seqformer: {err}", file=sys.stderr)
