@@ -99,6 +99,7 @@ def scores(hyps: list[str], refs: list[str], lang: str) -> dict[str, float | str
     cased = BLEU()
     return {"sacrebleu": round(cased.corpus_score(hyps, [refs]).score, 2),
             "bleu_lc_tok": round(paper.score, 2),
+            "lc_tok_ref_len": paper.ref_len,  # multi-bleu's reflen: the reference tokens the papers count against
             "chrf": round(CHRF().corpus_score(hyps, [refs]).score, 2),
             "sacrebleu_sig": str(cased.get_signature())}
 
