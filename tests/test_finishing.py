@@ -181,3 +181,23 @@ def test_a_changed_validation_metric_on_resume_chooses_the_best_model_afresh(dat
         train(replace(cfg, max_steps=4, valid_bleu_lines=0), resume=True, progress=False)
     assert "choosing afresh" in caplog.text
     assert json.loads((tmp_path / "run" / "training.json").read_text())["step"] == 4
+
+
+def test_averaging_checkpoints_of_different_models_is_a_one_line_error(run_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    from seqformer.errors import ModelDirError
+    from seqformer.training.average import average_tensors
+
+    first, second = ckpt.list_checkpoints(run_dir / "checkpoints")[-2:]
+    tensors, meta = ckpt.read_checkpoint(second)
+    name = next(k for k in tensors if k.startswith("model.") and tensors[k].dim() == 2)
+
+    grown = dict(tensors, **{name: torch.zeros(tensors[name].size(0) + 1, tensors[name].size(1))})
+    save_file(grown, tmp_path / "grown.safetensors", metadata=dict(meta, sha256=ckpt._digest(grown)))
+    with pytest.raises(ModelDirError, match=rf"grown\.safetensors: {name[6:]} has shape .* not the same model"):
+        average_tensors([first, tmp_path / "grown.safetensors"])  # was: a raw RuntimeError from the in-place add
+    fewer = {k: v for k, v in tensors.items() if k != name}
+    save_file(fewer, tmp_path / "fewer.safetensors", metadata=dict(meta, sha256=ckpt._digest(fewer)))
+    with pytest.raises(ModelDirError, match=rf"fewer\.safetensors: not the same model .*{name[6:]}"):
+        average_tensors([first, tmp_path / "fewer.safetensors"])  # was: silently averaged the rest

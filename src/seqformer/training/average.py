@@ -17,11 +17,19 @@ from seqformer.training.checkpoint import list_checkpoints, model_tensors
 
 
 def average_tensors(paths: list[Path]) -> dict[str, torch.Tensor]:
-    """Element-wise mean of the model tensors of ``paths`` (accumulated in float64)."""
+    """Element-wise mean of the model tensors of ``paths`` (accumulated in float64); checkpoints of
+    different models (other tensor names or shapes) are an error naming the first that differs."""
     total: dict[str, torch.Tensor] = {}
     for path in paths:
-        for name, value in model_tensors(path).items():
+        tensors = model_tensors(path)
+        if total and tensors.keys() != total.keys():
+            odd = sorted(set(tensors) ^ set(total))
+            raise ModelDirError(f"{path}: not the same model as {paths[0].name} (tensor {odd[0]} is in only one)")
+        for name, value in tensors.items():
             acc = total.setdefault(name, torch.zeros_like(value, dtype=torch.float64))
+            if acc.shape != value.shape:
+                raise ModelDirError(f"{path}: {name} has shape {tuple(value.shape)}, {tuple(acc.shape)} in "
+                                    f"{paths[0].name}: not the same model")
             acc += value.double()
     return {name: (acc / len(paths)).float() for name, acc in total.items()}
 
