@@ -197,7 +197,7 @@ class MarianTranslator:
                                        batch_size)
         joined: list[list[str]] = [[] for _ in texts]
         for i, segment, hyp in zip(owner, segments, out):
-            if segment:
+            if segment and hyp:  # as seqformer's join: a sentence translated as nothing adds no space
                 joined[i].append(hyp)
         return [" ".join(parts) for parts in joined]
 

@@ -98,11 +98,12 @@ def greedy_or_sample(
     while rows.numel() > 0:
         lp, attn = model.decode_step(last, memory, src_pad_mask, cache, need_weights=need_attention)  # (N, V)
         lp = constrain(lp, step, limits, cfg.min_len, mc.eos_id, mc.pad_id)
-        tok = pick(lp, cfg, None if gens is None else [gens[r] for r in rows.tolist()])  # (N,)
+        active = rows.tolist()  # original row of each row of this step
+        tok = pick(lp, cfg, None if gens is None else [gens[r] for r in active])  # (N,)
         tok_lp = lp.gather(1, tok[:, None]).squeeze(1)  # (N,)
         step_attn = torch.stack([a[:, :, -1] for a in attn], dim=1) if need_attention else None  # (N, L, H, S)
         keep = []
-        for j, (r, t, s) in enumerate(zip(rows.tolist(), tok.tolist(), tok_lp.tolist())):
+        for j, (r, t, s) in enumerate(zip(active, tok.tolist(), tok_lp.tolist())):
             logprob[r] += s
             if step_attn is not None:
                 attn_steps[r].append(step_attn[j])
