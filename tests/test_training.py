@@ -112,6 +112,37 @@ def test_a_run_without_a_cooldown_resumes_into_one_exactly(tmp_path, spm_file):
     assert lrs[k:] == pytest.approx([inverse_sqrt_lr(k, 2e-3, 4) * (k - i) / (k + 1) for i in range(k)])
 
 
+def test_a_resume_keeps_the_runs_tokenizer_whatever_the_command_says(tmp_path, spm_file):
+    """A run trained with --tokenizer and resumed without it (or with another one) must not train or take a
+    new tokenizer: its checkpoint's weights are in the first one's ids. Resumed without the flag, it is the
+    uninterrupted run exactly; resumed with another tokenizer file, it is a one-line error."""
+    k = 5
+    full = seqformer.train(_resume_config(tmp_path, spm_file, "full", 2 * k), RESUME_MODEL, progress=False)
+    seqformer.train(_resume_config(tmp_path, spm_file, "parts", k), RESUME_MODEL, progress=False)
+    parts = tmp_path / "parts"
+    before = json.loads((parts / "config.json").read_text())["tokenizer"]
+    other = tmp_path / "other.model"
+    other.write_bytes(spm_file.read_bytes())
+    with pytest.raises(ConfigError, match=r"--resume: .*parts was trained with the tokenizer spm.model, the command "
+                                          r"gives .*other.model: drop --tokenizer"):
+        seqformer.train(dataclasses.replace(_resume_config(tmp_path, spm_file, "parts", 2 * k), tokenizer=str(other)),
+                        RESUME_MODEL, resume=True, progress=False)
+    seqformer.train(dataclasses.replace(_resume_config(tmp_path, spm_file, "parts", 2 * k), tokenizer=""),
+                    RESUME_MODEL, resume=True, progress=False)
+    assert json.loads((parts / "config.json").read_text())["tokenizer"] == before
+    expected = [(r["step"], r["loss"]) for r in _log(full) if "loss" in r]
+    assert [(r["step"], r["loss"]) for r in _log(parts) if "loss" in r] == expected
+    a, b = load_file(full / "model.safetensors"), load_file(parts / "model.safetensors")
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+@pytest.mark.parametrize("minutes", [float("nan"), float("inf"), -1.0])
+def test_max_minutes_must_be_a_finite_number(minutes):
+    """NaN passed the old check (min() with NaN) and then never stopped the run (elapsed >= NaN is never true)."""
+    with pytest.raises(ConfigError, match="max_minutes a finite number"):
+        TrainConfig(max_minutes=minutes)
+
+
 def test_cooldown_schedule():
     cfg = TrainConfig(lr=1e-3, warmup_steps=4, max_steps=100, cooldown_steps=40)
     plain = TrainConfig(lr=1e-3, warmup_steps=4, max_steps=100)

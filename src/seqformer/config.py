@@ -159,7 +159,9 @@ class TrainConfig:
         _check(0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), found {self.label_smoothing}")
         _check(self.precision in ("auto", "fp32", "bf16", "fp16"),
                f"precision must be auto, fp32, bf16 or fp16 (GPU only), found {self.precision!r}")
-        _check(min(self.max_steps, self.epochs, self.max_minutes) >= 0, "limits must be >= 0")
+        _check(min(self.max_steps, self.epochs, self.max_minutes) >= 0 and math.isfinite(self.max_minutes),
+               f"limits must be >= 0 (and max_minutes a finite number), found max_steps={self.max_steps}, "
+               f"epochs={self.epochs}, max_minutes={self.max_minutes}")
         _check(self.cooldown_steps == 0 or 0 < self.cooldown_steps <= self.max_steps,
                f"cooldown_steps needs max_steps (the cool-down ends there) and must be >= 0 and <= max_steps, "
                f"found cooldown_steps={self.cooldown_steps}, max_steps={self.max_steps}")

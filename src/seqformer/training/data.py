@@ -72,8 +72,18 @@ def _init_tokenizer(init: ModelDir, out: Path, write: bool) -> tuple[Tokenizer, 
     if write:
         copy_tokenizer([init.path / f for f in files.values()], out)
     local = {**section, **{k: Path(f).name for k, f in files.items()}}
-    extra = {k: local[k] for k in ("src_vocab", "tgt_vocab", "lang_tags") if k in local}
+    extra = {k: local[k] for k in _EXTRA_KEYS if k in local}
     return Tokenizer.from_config(out, local), (local["src"], local["tgt"]), extra
+
+
+_EXTRA_KEYS = ("src_vocab", "tgt_vocab", "lang_tags")  # an imported model's tokenizer keys beyond the two files
+
+
+def _run_tokenizer(section: dict[str, Any], out: Path) -> tuple[Tokenizer, tuple[str, str], dict[str, Any]]:
+    """The tokenizer a resumed run already has in ``out`` (config.json's "tokenizer" section): never re-trained
+    or replaced, whatever the command's tokenizer options, since the checkpoint's weights are in its ids."""
+    extra = {k: section[k] for k in _EXTRA_KEYS if k in section}
+    return Tokenizer.from_config(out, section), (section["src"], section["tgt"]), extra
 
 
 def encode_pairs(tok: Tokenizer, pairs: list[tuple[str, str]], max_len: int, eos_id: int = EOS) -> list[Example]:
@@ -86,14 +96,19 @@ def encode_pairs(tok: Tokenizer, pairs: list[tuple[str, str]], max_len: int, eos
     return examples
 
 
-def prepare(cfg: TrainConfig, out: Path, write: bool = True, init: ModelDir | None = None) -> PreparedData:
+def prepare(cfg: TrainConfig, out: Path, write: bool = True, init: ModelDir | None = None,
+            run: tuple[dict[str, Any], int] | None = None) -> PreparedData:
     """Read and encode the corpus; ``write=False`` (ranks other than 0) only loads the tokenizer rank 0 wrote.
-    ``init``: the --init-from model directory, whose tokenizer and end-of-sentence id the data then uses."""
+    ``init``: the --init-from model directory, whose tokenizer and end-of-sentence id the data then uses.
+    ``run``: a resumed run's tokenizer section and end-of-sentence id, which take precedence over both."""
     pairs = drop_empty(read_parallel(cfg.train, cfg.src_lang, cfg.tgt_lang), cfg.train)
     if not pairs:
         raise DataError(f"{cfg.train}: no non-empty sentence pairs")
     valid = read_parallel(cfg.valid, cfg.src_lang, cfg.tgt_lang) if cfg.valid else []
     valid = drop_empty(valid, cfg.valid)
+    if run is not None:
+        tok, names, extra = _run_tokenizer(run[0], out)
+        return PreparedData(tok, names, encode_pairs(tok, pairs, cfg.max_len, run[1]), valid, extra)
     if init is not None:
         tok, names, extra = _init_tokenizer(init, out, write)
         return PreparedData(tok, names, encode_pairs(tok, pairs, cfg.max_len, init.model_cfg.eos_id), valid, extra)

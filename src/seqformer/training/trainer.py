@@ -23,6 +23,7 @@ from seqformer.errors import ConfigError, DataError, ModelDirError, SeqformerErr
 from seqformer.io import (
     ModelDir,
     atomic_write_text,
+    errors_name,
     import_state,
     load_weights,
     read_model_dir,
@@ -345,7 +346,27 @@ def _existing_model_config(out: Path) -> ModelConfig | None:
     path = out / "config.json"
     if not path.is_file():
         return None
-    return from_dict(ModelConfig, read_config(out)["model"])
+    config = read_config(out)
+    with errors_name(path):
+        return from_dict(ModelConfig, config["model"])
+
+
+def _existing_tokenizer(out: Path, cfg: TrainConfig, model_cfg: ModelConfig | None) -> tuple[dict, int] | None:
+    """A resumed run's tokenizer section (and end-of-sentence id), kept as the run made it: a new one (a
+    --tokenizer, --vocab-size or --joint-vocab missing from the resuming command) would give its checkpoint's
+    weights other ids. A --tokenizer that names other files than the run's is an error, not ignored."""
+    if model_cfg is None:
+        return None
+    config = read_config(out)
+    with errors_name(out / "config.json"):
+        section = config["tokenizer"]
+        names = section["src"], section["tgt"]
+    files = cfg.tokenizer_files
+    if files and (files[0].name, files[-1].name) != names:
+        raise ConfigError(f"--resume: {out} was trained with the tokenizer {names[0]}"
+                          f"{'' if names[0] == names[1] else ',' + names[1]}, the command gives {cfg.tokenizer}: "
+                          "drop --tokenizer, or start a new --out")
+    return section, model_cfg.eos_id
 
 
 def _check_unchanged(existing: ModelConfig, overrides: dict[str, Any], out: Path) -> None:
@@ -414,8 +435,8 @@ def _make_trainer(cfg: TrainConfig, overrides: dict[str, Any], resume: bool, pro
 
     def prepare_main() -> tuple[PreparedData, ModelConfig]:
         prepare_out(out, resume)
-        data = prepare(cfg, out, init=init)
         existing = _existing_model_config(out) if resume else None
+        data = prepare(cfg, out, init=init, run=_existing_tokenizer(out, cfg, existing))
         if existing is not None:
             _check_unchanged(existing, overrides, out)
         model_cfg = existing or init_cfg or build_model_config(cfg, data, overrides)
@@ -428,7 +449,9 @@ def _make_trainer(cfg: TrainConfig, overrides: dict[str, Any], resume: bool, pro
 
     prepared = d.main_first(prepare_main)
     if prepared is None:  # another rank: rank 0 has written the tokenizer and config.json
-        prepared = prepare(cfg, out, write=False, init=init), _existing_model_config(out)
+        existing = _existing_model_config(out)
+        run = _existing_tokenizer(out, cfg, existing) if resume else None
+        prepared = prepare(cfg, out, write=False, init=init, run=run), existing
     data, model_cfg = prepared
     if not data.train:
         raise DataError(f"{cfg.train}: no sentence pair is shorter than max_len={cfg.max_len} subwords")
