@@ -146,12 +146,21 @@ def test_sampling_with_seed_is_reproducible(client, translator):
     ({"texts": ["fine", "a" * 1001]}, "texts[1]"),
     ({}, "text"),
     ({"text": "a", "texts": ["b"]}, "text"),
+    ({"text": "x", "beam_size": "4"}, "beam_size"),  # lax mode coerced these four
+    ({"text": "x", "nbest": 2.0}, "nbest"),
+    ({"text": "x", "sampling": "yes"}, "sampling"),
+    ({"text": "x", "attention": 1}, "attention"),
 ])
 def test_bad_fields_give_422_naming_the_field(client, body, field):
     reply = client.post("/translate", json=body)
     assert reply.status_code == 422
     error = reply.json()
     assert error["field"] == field and field in error["error"]
+
+
+def test_an_integer_is_still_a_number(client, translator):
+    reply = client.post("/translate", json={"text": "The dog runs.", "length_penalty": 1, "temperature": 1})
+    assert reply.status_code == 200
 
 
 @pytest.mark.parametrize("field", ["temperature", "top_p", "length_penalty"])

@@ -38,7 +38,9 @@ def request_model(cfg: ServeConfig, vocab_size: int) -> type[BaseModel]:
         attention=(bool, Field(False, description="include cross-attention (averaged) and subword tokens")),
         attention_heads=(bool, Field(False, description="also include per-layer, per-head attention (L, H, T, S)")),
     )
-    return create_model("TranslateRequest", __config__=ConfigDict(extra="forbid"), **fields)
+    # strict: "4" for beam_size, 1 for attention or 2.0 for nbest are 422s naming the field, as the config files'
+    # loader refuses them (lax mode coerced them silently); an integer still fits a number field
+    return create_model("TranslateRequest", __config__=ConfigDict(extra="forbid", strict=True), **fields)
 
 
 class Hypothesis(BaseModel):
