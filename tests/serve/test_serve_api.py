@@ -347,3 +347,126 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class LiveServer:
+    """The real uvicorn server (not TestClient: only a real connection can hang up) in a thread, on a free port."""
+
+    def __init__(self, translator, cfg: ServeConfig, drain_s: float = 10.0) -> None:
+        from seqformer.serve.server import bind, make_server
+
+        self.cfg = ServeConfig(**{**cfg.__dict__, "host": "127.0.0.1", "port": 0, "access_log": False})
+        self.sockets = bind(self.cfg)
+        self.url = f"http://127.0.0.1:{self.sockets[0].getsockname()[1]}"
+        self.server = make_server(translator, self.cfg, drain_s=drain_s)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": self.sockets}, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert self.server.started
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True  # what SIGINT / SIGTERM set
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        self.thread.join(30)
+
+    def batcher(self):
+        return self.server.config.app.state.batcher
+
+
+class RecordingSlowTranslator(SlowTranslator):
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.seen: list[str] = []
+
+    def translate_nbest(self, texts, **kwargs):
+        self.seen += list(texts)
+        return super().translate_nbest(texts, **kwargs)
+
+
+def _post_in_thread(url: str, text: str, replies: dict, timeout: float = 20) -> threading.Thread:
+    def ask() -> None:
+        try:
+            r = httpx.post(f"{url}/translate", json={"text": text}, timeout=timeout)
+            replies[text] = (r.status_code, r.headers.get("content-type"), r.headers.get("retry-after"))
+        except httpx.TimeoutException:
+            replies[text] = "timed out"
+
+    t = threading.Thread(target=ask)
+    t.start()
+    return t
+
+
+def _wait_for(cond, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return cond()
+
+
+def test_a_client_that_hangs_up_leaves_the_queue_and_is_never_translated(translator):
+    """Was: neither uvicorn nor Starlette cancels a handler whose client went away, so an abandoned request
+    kept its place in the queue (live clients got 503s) and was translated for nobody."""
+    slow = RecordingSlowTranslator(translator)
+    with LiveServer(slow, ServeConfig(max_batch=1, batch_window_ms=0)) as live:
+        replies: dict = {}
+        busy = _post_in_thread(live.url, "The busy dog.", replies)
+        assert slow.entered.wait(10)
+        gone = _post_in_thread(live.url, "The impatient cat.", replies, timeout=0.5)
+        gone.join(10)
+        assert replies["The impatient cat."] == "timed out"
+        assert _wait_for(lambda: live.batcher().queued == 0, 5), "the abandoned request still holds its place"
+        slow.release.set()
+        busy.join(20)
+        assert replies["The busy dog."][0] == 200
+        after = httpx.post(f"{live.url}/translate", json={"text": "The last bird."}, timeout=20)
+        assert after.status_code == 200
+    assert slow.seen == ["The busy dog.", "The last bird."]
+
+
+def test_shutdown_serves_the_queue_then_refuses_in_json(translator):
+    """At shutdown (SIGINT / SIGTERM) the queued requests are still served; a request arriving after it began
+    gets a JSON 503 with Retry-After (was: uvicorn cancelled waiting requests after 5 s: plain-text 500s)."""
+    slow = SlowTranslator(translator)
+    with LiveServer(slow, ServeConfig(max_batch=1, batch_window_ms=0)) as live:
+        replies: dict = {}
+        client = httpx.Client(base_url=live.url, timeout=20)
+        client.get("/health")  # a kept-alive connection, open before the shutdown
+        threads = [_post_in_thread(live.url, "The busy dog.", replies)]
+        assert slow.entered.wait(10)
+        threads += [_post_in_thread(live.url, t, replies) for t in ("A queued cat.", "A queued bird.")]
+        assert _wait_for(lambda: live.batcher().queued == 2, 5)
+        live.stop()
+        assert _wait_for(lambda: live.batcher().closed, 5)  # the shutdown has begun
+        late = client.post("/translate", json={"text": "Too late."})
+        assert late.status_code == 503 and "shutting down" in late.json()["error"]
+        assert late.headers["retry-after"] == "1"
+        slow.release.set()
+        for t in threads:
+            t.join(20)
+        assert {k: v[0] for k, v in replies.items()} == {"The busy dog.": 200, "A queued cat.": 200,
+                                                         "A queued bird.": 200}
+
+
+def test_shutdown_answers_what_the_drain_time_leaves_queued_with_json_503(translator):
+    slow = SlowTranslator(translator)
+    with LiveServer(slow, ServeConfig(max_batch=1, batch_window_ms=0), drain_s=0.3) as live:
+        replies: dict = {}
+        threads = [_post_in_thread(live.url, "The busy dog.", replies)]
+        assert slow.entered.wait(10)
+        threads.append(_post_in_thread(live.url, "A queued cat.", replies))
+        assert _wait_for(lambda: live.batcher().queued == 1, 5)
+        live.stop()
+        # uvicorn alone: after its 5 s grace, a plain-text 500 for both
+        assert _wait_for(lambda: "A queued cat." in replies, 8)
+        slow.release.set()  # the running batch still finishes and is answered
+        for t in threads:
+            t.join(20)
+    assert replies["A queued cat."] == (503, "application/json", "1")
+    assert replies["The busy dog."][0] == 200

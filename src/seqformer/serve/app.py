@@ -8,12 +8,12 @@ from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 
 from seqformer.config import DecodeConfig, to_dict
 from seqformer.serve.batcher import Batcher
-from seqformer.serve.limits import BodyLimit, install_error_handlers
+from seqformer.serve.limits import BodyLimit, install_error_handlers, unless_client_leaves
 from seqformer.serve.schemas import ErrorBody, TranslateResponse, request_model
 from seqformer.serve.service import options_of, texts_of, translate_batch
 from seqformer.serve.settings import ServeConfig
@@ -45,11 +45,11 @@ def create_app(translator: Translator, cfg: ServeConfig | None = None) -> FastAP
     info = _info(translator, cfg, __version__)
 
     @app.post("/translate", response_model=TranslateResponse, responses=_ERRORS)
-    async def translate(req: translate_request) -> dict:
+    async def translate(req: translate_request, request: Request) -> dict:
         """Translate ``text`` or ``texts``; concurrent requests are batched together."""
         texts = texts_of(req)
         opts = options_of(req, cfg.max_batch)
-        results = await batcher.submit(texts, opts)
+        results = await unless_client_leaves(request, batcher.submit(texts, opts))
         return {"results": [{"input": t, "translations": r} for t, r in zip(texts, results)]}
 
     @app.get("/health")

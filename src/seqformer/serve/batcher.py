@@ -5,7 +5,10 @@ The first request to arrive waits up to ``window_s`` for company (or until
 decoding options, in arrival order and up to ``max_batch`` texts, runs as one
 batch in the worker thread while the event loop keeps accepting requests. The
 queue is bounded: past ``max_queue`` waiting texts, :class:`Overloaded` is raised
-at once instead of letting latency grow without limit.
+at once instead of letting latency grow without limit. A request whose client
+hangs up leaves the queue at once and is never computed. At shutdown the batcher
+is closed (new requests get 503) and drained: the queue and the running batch
+finish, up to a time limit, after which what is still queued gets 503.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ class Overloaded(Exception):
     """The queue is full: the caller should answer 503 and the client retry later."""
 
 
-@dataclass
+@dataclass(eq=False)  # jobs are compared by identity (removing one from the queue)
 class _Job:
     texts: list[str]
     options: Hashable  # jobs batch together only when their options are equal
@@ -58,6 +61,7 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._running: list[_Job] = []  # the batch the model is computing
+        self._closed = False
 
     @property
     def queued(self) -> int:
@@ -69,6 +73,27 @@ class Batcher:
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqformer-model")
         self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (the server is shutting down)."""
+        return self._closed
+
+    def close(self) -> None:
+        """Refuse new requests from now on (:class:`Overloaded`); the queued and running ones still run."""
+        self._closed = True
+
+    async def drain(self, timeout_s: float) -> None:
+        """After :meth:`close`: wait up to ``timeout_s`` for the queue and the running batch to finish, then
+        answer what is still queued with :class:`Overloaded` (a batch already running goes on)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (self._jobs or self._running) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for job in self._jobs:
+            if not job.future.done():
+                job.future.set_exception(Overloaded("the server is shutting down"))
+        self._jobs, self._queued = deque(), 0
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -89,14 +114,27 @@ class Batcher:
         """Translate ``texts`` with ``options``; one result per text, in order."""
         if self._task is None or self._wake is None:
             raise RuntimeError("Batcher.start() was not called")
+        if self._closed:
+            raise Overloaded("the server is shutting down")
         cost = max(len(texts), 1)
         if self._queued + cost > self.max_queue:
             raise Overloaded(f"{self._queued} texts already queued (max_queue {self.max_queue}); retry later")
         future = asyncio.get_running_loop().create_future()
-        self._jobs.append(_Job(list(texts), options, future))
+        job = _Job(list(texts), options, future)
+        self._jobs.append(job)
         self._queued += cost
         self._wake.set()
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:  # the caller gave up (its client hung up): free its place now
+            self._drop(job)
+            raise
+
+    def _drop(self, job: _Job) -> None:
+        """Take a still-queued job out of the queue (a job in the running batch is past recall)."""
+        if any(j is job for j in self._jobs):
+            self._jobs = deque(j for j in self._jobs if j is not job)
+            self._queued -= max(len(job.texts), 1)
 
     async def _loop(self) -> None:
         assert self._wake is not None

@@ -1,13 +1,17 @@
 """Request guards and error bodies: every error is JSON ``{"error": ..., "field": ...}``.
 
 413 for a body over the size limit, 422 for a bad field (named), 503 when the
-queue is full, 500 (without internals) when translation itself fails.
+queue is full or the server is shutting down, 500 (without internals) when translation
+itself fails; 499 (nginx's "client closed request", for the access log: nobody reads
+it) when the client hung up before its translation was computed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -27,6 +31,34 @@ class FieldError(Exception):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class ClientGone(Exception):
+    """The client closed the connection while its request waited: the request is dropped."""
+
+
+async def _hung_up(request: Request) -> None:
+    """Return when the client disconnects (the body has been read: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_client_leaves(request: Request, work: Awaitable[Any]) -> Any:
+    """``work``'s result, or :class:`ClientGone` (``work`` cancelled) if the client hangs up first.
+
+    Neither uvicorn nor Starlette cancels a plain handler when its client goes away, so without this an
+    abandoned request kept its place in the queue and was translated for nobody.
+    """
+    job, gone = asyncio.ensure_future(work), asyncio.ensure_future(_hung_up(request))
+    try:
+        await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not job.done():
+            job.cancel()
+    if job.cancelled():
+        raise ClientGone
+    return job.result()
 
 
 def error_response(status: int, message: str, field: str | None = None, **extra) -> JSONResponse:
@@ -109,6 +141,10 @@ async def _field_error(request: Request, exc: FieldError) -> JSONResponse:
     return error_response(422, f"{exc.field}: {exc}", exc.field)
 
 
+async def _client_gone(request: Request, exc: ClientGone) -> JSONResponse:
+    return error_response(499, "client closed the connection")
+
+
 async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
     response = error_response(503, f"server overloaded: {exc}")
     response.headers["Retry-After"] = "1"
@@ -128,5 +164,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(FieldError, _field_error)
     app.add_exception_handler(Overloaded, _overloaded)
+    app.add_exception_handler(ClientGone, _client_gone)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)

@@ -12,6 +12,8 @@ from seqformer.serve.settings import ServeConfig
 from seqformer.translator import Translator, default_model_dir
 
 log = logging.getLogger("seqformer.serve")
+DRAIN_S = 10.0  # at shutdown, how long the queue may take to finish before what is left gets 503
+GRACE_S = 5  # then how long uvicorn waits for open requests (the last batch's replies) before cancelling them
 
 
 def check_installed() -> None:
@@ -59,11 +61,13 @@ def bind(cfg: ServeConfig) -> list[socket.socket]:
     return sockets
 
 
-def run(translator: Translator, cfg: ServeConfig, sockets: list[socket.socket]) -> None:
-    """Serve on ``sockets`` (from :func:`bind`) until interrupted."""
+def make_server(translator: Translator, cfg: ServeConfig, drain_s: float = DRAIN_S):
+    """The uvicorn server of the app; ``server.run(sockets=...)`` serves until ``should_exit`` (a signal)."""
     import uvicorn
 
     from seqformer.serve.app import create_app
+
+    app = create_app(translator, cfg)
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -73,8 +77,21 @@ def run(translator: Translator, cfg: ServeConfig, sockets: list[socket.socket]) 
                 logging.getLogger("uvicorn.error").info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)",
                                                         host, port)
 
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            # First the batcher, while every request still has its connection: new ones get 503, the queue
+            # is served for up to drain_s, then what is left gets 503. (uvicorn alone waited GRACE_S, then
+            # cancelled the waiting requests, which its clients received as plain-text 500s.)
+            app.state.batcher.close()
+            await app.state.batcher.drain(drain_s)
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, access_log=cfg.access_log, log_level="info",
+                            timeout_graceful_shutdown=GRACE_S)
+    return Server(config)
+
+
+def run(translator: Translator, cfg: ServeConfig, sockets: list[socket.socket]) -> None:
+    """Serve on ``sockets`` (from :func:`bind`) until interrupted."""
     if not cfg.loopback:
         log.warning("listening on %s: reachable from other machines, with no authentication", cfg.host)
-    config = uvicorn.Config(create_app(translator, cfg), host=cfg.host, port=cfg.port, access_log=cfg.access_log,
-                            log_level="info", timeout_graceful_shutdown=5)
-    Server(config).run(sockets=sockets)
+    make_server(translator, cfg).run(sockets=sockets)
