@@ -128,6 +128,22 @@ def test_a_max_len_beyond_the_models_positions_is_refused_before_training(run_di
     train(replace(cfg, max_len=positions, out=str(tmp_path / "ok")), progress=False)  # the longest allowed
 
 
+def test_init_from_knows_a_given_tokenizer_by_its_content(run_dir, data_dir, tmp_path):
+    """A --tokenizer beside --init-from must be the model's own: checked by content (was by file name: the
+    model's own joint file was refused, one name against the pair, and another tokenizer of the same name
+    was silently replaced by the model's)."""
+    from seqformer.data.tokenizer import train_sentencepiece
+
+    cfg = tiny_config(data_dir, tmp_path / "same", max_steps=1, init_from=str(run_dir),
+                      tokenizer=str(run_dir / "spm.model"))
+    train(cfg, progress=False)
+    other = tmp_path / "other" / "spm.model"
+    other.parent.mkdir()
+    train_sentencepiece(["one two three four five six seven eight nine ten"] * 5, other, 30, "bpe")
+    with pytest.raises(ConfigError, match="brings its own tokenizer: drop --tokenizer"):
+        train(replace(cfg, out=str(tmp_path / "other-run"), tokenizer=str(other)), progress=False)
+
+
 def test_init_from_rejects_a_recipe_with_another_architecture(run_dir, data_dir, tmp_path):
     d_model = json.loads((run_dir / "config.json").read_text())["model"]["d_model"]
     cfg = tiny_config(data_dir, tmp_path / "more", max_steps=1, init_from=str(run_dir), tokenizer="")
@@ -142,6 +158,17 @@ def test_init_from_ignores_how_fresh_weights_would_be_drawn(run_dir, data_dir, t
     train(cfg, {"init": "normal", "init_std": 0.05}, progress=False)
     config = json.loads((tmp_path / "more" / "config.json").read_text())
     assert config["model"] == json.loads((run_dir / "config.json").read_text())["model"]
+
+
+def test_a_time_limit_that_cuts_the_cooldown_says_so(data_dir, tmp_path, caplog):
+    """--max-minutes ending a run before its cool-down leaves the model at full learning rate: a warning."""
+    import logging
+
+    cfg = tiny_config(data_dir, tmp_path / "run", max_steps=1000, cooldown_steps=500, max_minutes=1e-6)
+    with caplog.at_level(logging.WARNING, logger="seqformer"):
+        train(cfg, progress=False)
+    assert "--max-minutes ended the run at update 1 of max_steps=1000: the cool-down over the last 500 updates " \
+           "never began" in caplog.text
 
 
 def test_pairs_longer_than_max_tokens_are_named_in_a_warning(data_dir, tmp_path, caplog):

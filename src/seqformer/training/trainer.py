@@ -237,6 +237,11 @@ class Trainer:
         if c.epochs and s.epoch + (s.batch_in_epoch >= len(self.epoch_batches())) >= c.epochs:
             return True  # the last epoch ends with its last batch, not when the next one is asked for
         if c.max_minutes and s.elapsed_s >= c.max_minutes * 60:
+            if c.cooldown_steps and self.dist.is_main:
+                log.warning("--max-minutes ended the run at update %d of max_steps=%d: the cool-down over the last %d "
+                            "updates %s (lr %.3g now)", s.step, c.max_steps, c.cooldown_steps,
+                            "did not run to its end" if s.step > c.max_steps - c.cooldown_steps else "never began",
+                            scheduled_lr(s.step, c))
             return True
         if c.patience and s.bad_validations >= c.patience:
             log.info("early stop: no validation improvement in %d checks", c.patience)
@@ -377,6 +382,14 @@ def _check_unchanged(existing: ModelConfig, overrides: dict[str, Any], out: Path
                           f"{overrides[name]!r}: drop the flag, or start a new --out")
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """The same file, or one with the same bytes (a tokenizer is known by its content, not its name)."""
+    try:
+        return a.resolve() == b.resolve() or a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
+
+
 def _init_model_dir(cfg: TrainConfig, overrides: dict[str, Any]) -> tuple[TrainConfig, ModelDir | None]:
     """With ``init_from``, the recipe takes that model's tokenizer files and architecture."""
     if not cfg.init_from:
@@ -388,7 +401,8 @@ def _init_model_dir(cfg: TrainConfig, overrides: dict[str, Any]) -> tuple[TrainC
                           f"the recipe asks for {overrides[name]!r}: the architecture comes from the model directory")
     tok = mdir.meta["tokenizer"]
     files = [str(mdir.path / tok["src"]), str(mdir.path / tok["tgt"])]
-    if cfg.tokenizer and [f.name for f in cfg.tokenizer_files] != [Path(f).name for f in files]:
+    given = cfg.tokenizer_files * (3 - len(cfg.tokenizer_files))  # a joint model stands for both sides
+    if cfg.tokenizer and not all(_same_file(a, Path(b)) for a, b in zip(given, files)):
         raise ConfigError(f"--init-from {mdir.path} brings its own tokenizer: drop --tokenizer {cfg.tokenizer}")
     return replace(cfg, tokenizer=files[0] if files[0] == files[1] else ",".join(files)), mdir
 
