@@ -198,6 +198,27 @@ def _nan_on(calls: set[int] | None, monkeypatch) -> None:
     monkeypatch.setattr(trainer_mod, "batch_loss", loss_with_nan)
 
 
+@pytest.mark.parametrize("bad", ["no state", "a newer field"])
+def test_a_checkpoint_whose_state_this_version_cannot_read_is_a_one_line_error(tmp_path, bad):
+    """The checksum covers the tensors only: metadata from another version raised a raw KeyError / TypeError."""
+    import json
+
+    import torch
+
+    from seqformer.errors import ModelDirError
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam(model.parameters())
+    path = ckpt.save_checkpoint(tmp_path, model, opt, ckpt.TrainState(step=3))
+    tensors, meta = ckpt.read_checkpoint(path)
+    if bad == "no state":
+        del meta["state"]
+    else:
+        meta["state"] = json.dumps({**json.loads(meta["state"]), "ema_decay": 0.999})
+    with pytest.raises(ModelDirError, match=r"ckpt-00000003.safetensors: its training state cannot be read"):
+        ckpt.restore(model, opt, tensors, meta, str(path))
+
+
 def test_nan_loss_skips_the_update_and_counts_it(data_dir, tmp_path, monkeypatch):
     _nan_on({3, 5}, monkeypatch)
     cfg = tiny_config(data_dir, tmp_path / "run", max_steps=6, save_every=6)

@@ -158,8 +158,13 @@ def restore(model: torch.nn.Module, opt: torch.optim.Optimizer, tensors: dict[st
     Rank 0's CPU generator is ``rng.torch``; other ranks' are ``rng.torch.<rank>`` (left seeded
     as they are if the checkpoint came from a run with fewer processes).
     """
+    try:  # the digest covers the tensors, not this metadata: another version's may lack or add fields
+        groups = json.loads(meta["param_groups"])
+        state = TrainState(**json.loads(meta["state"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelDirError(f"{source}: its training state cannot be read by this version of seqformer ({err!r}): "
+                            "resume from another checkpoint, or start a new --out") from None
     import_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, source)
-    groups = json.loads(meta["param_groups"])
     for group in groups:
         for key in ("fused", "foreach"):  # the kernel is this optimizer's choice, not the saving one's: a
             if key in opt.defaults:  # pre-fused checkpoint would fall back to the for-loop (and on a GPU keep
@@ -170,7 +175,7 @@ def restore(model: torch.nn.Module, opt: torch.optim.Optimizer, tensors: dict[st
         torch.set_rng_state(tensors[cpu_key])
     if torch.cuda.is_available() and f"rng.cuda.{rank}" in tensors:
         torch.cuda.set_rng_state(tensors[f"rng.cuda.{rank}"])
-    return TrainState(**json.loads(meta["state"]))
+    return state
 
 
 def model_tensors(path: Path) -> dict[str, torch.Tensor]:
