@@ -11,7 +11,9 @@ import os
 import random
 import shutil
 import signal
+import sys
 import time
+from dataclasses import replace
 
 import pytest
 from train_helpers import curve, spawn_train, tiny_config
@@ -181,6 +183,7 @@ def test_resume_removes_files_left_half_written(tmp_path):
     keep = tmp_path / "notes.tmp"
     keep.write_text("the user's")
     rundir.prepare_out(tmp_path, resume=True)
+    rundir.release(tmp_path)
     assert not any(p.exists() for p in partial) and keep.exists()
 
 
@@ -201,8 +204,6 @@ def _nan_on(calls: set[int] | None, monkeypatch) -> None:
 @pytest.mark.parametrize("bad", ["no state", "a newer field"])
 def test_a_checkpoint_whose_state_this_version_cannot_read_is_a_one_line_error(tmp_path, bad):
     """The checksum covers the tensors only: metadata from another version raised a raw KeyError / TypeError."""
-    import json
-
     import torch
 
     from seqformer.errors import ModelDirError
@@ -217,6 +218,26 @@ def test_a_checkpoint_whose_state_this_version_cannot_read_is_a_one_line_error(t
         meta["state"] = json.dumps({**json.loads(meta["state"]), "ema_decay": 0.999})
     with pytest.raises(ModelDirError, match=r"ckpt-00000003.safetensors: its training state cannot be read"):
         ckpt.restore(model, opt, tensors, meta, str(path))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file locks")
+def test_a_run_directory_in_use_by_another_run_is_refused(data_dir, tmp_path):
+    """A --resume started while the first run still trains deleted its half-written checkpoint and interleaved
+    both runs' files; now it is a one-line error naming the holder, and the directory is free once it ends."""
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT)  # as another process's run holds it
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, b"4242\n")
+    cfg = tiny_config(data_dir, out, max_steps=2)
+    with pytest.raises(ConfigError, match=r"run: another training run \(pid 4242\) is using this directory"):
+        train(cfg, progress=False)
+    assert not ckpt.list_checkpoints(out / "checkpoints")
+    os.close(fd)
+    train(cfg, progress=False)
+    train(replace(cfg, max_steps=4), resume=True, progress=False)  # released when the first run ended
 
 
 def test_nan_loss_skips_the_update_and_counts_it(data_dir, tmp_path, monkeypatch):

@@ -3,6 +3,7 @@ cleared of temporary files a killed run left behind."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -27,12 +28,43 @@ def prepare_out(out: Path, resume: bool) -> None:
         probe.unlink()
     except OSError as err:
         raise ConfigError(f"{out}: output directory is not writable ({err.strerror or err})") from None
+    _lock(out)
     if not resume and ckpt.list_checkpoints(out / "checkpoints"):
         raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue, or choose a new --out")
     ckpt.remove_partial(out / "checkpoints")
     for name in ("model.safetensors", "training.json", "config.json", "train_log.jsonl", "train_log.csv"):
         for tmp in out.glob(f".{name}.*.tmp"):  # left by a process killed mid-write
             tmp.unlink(missing_ok=True)
+
+
+_LOCKS: dict[Path, int] = {}  # run directory -> the open lock file this process holds on it
+
+
+def _lock(out: Path) -> None:
+    """Hold ``out/.lock`` for the run's life: a second run on the same directory (a --resume started while the
+    first still trains) would delete its half-written checkpoint and interleave both runs' files."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ConfigError(f"{out}: another training run (pid {holder}) is using this directory: wait for it to "
+                          "end (or stop it), or choose a new --out") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _LOCKS[out.resolve()] = fd
+
+
+def release(out: Path) -> None:
+    """Let go of ``out``'s lock (the kernel does too when the process ends)."""
+    fd = _LOCKS.pop(Path(out).resolve(), None)
+    if fd is not None:
+        os.close(fd)
 
 
 def check_space(out: Path, model: nn.Module) -> None:

@@ -38,7 +38,7 @@ from seqformer.training.amp import Amp, bf16_supported
 from seqformer.training.data import PreparedData, encode_pairs, prepare
 from seqformer.training.distributed import Dist, shard
 from seqformer.training.optim import apply_recipe, batch_loss, make_optimizer, scheduled_lr
-from seqformer.training.rundir import check_space, prepare_out
+from seqformer.training.rundir import check_space, prepare_out, release
 from seqformer.training.runlog import RunLog
 from seqformer.training.validate import validate
 
@@ -431,6 +431,7 @@ def train(cfg: TrainConfig, model_overrides: dict[str, Any] | None = None, resum
         d.barrier()
     finally:
         distributed.shutdown(d)
+        release(Path(cfg.out))
     if trainer.stop_signal is not None:
         raise TrainingStopped(trainer.stop_signal, trainer.state.step)
     return Path(cfg.out)
