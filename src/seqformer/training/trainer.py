@@ -152,6 +152,9 @@ class Trainer:
             if name in saved and saved[name] != now[name]:
                 log.warning("--resume: %s was %r, now %r: the batches from here on differ from the original "
                             "run's (not an exact resume)", name, saved[name], now[name])
+        if "preset" in saved and saved["preset"] != now["preset"]:
+            log.warning("--resume: the run was made with preset %r, the command says %r: ignored, a resumed run "
+                        "keeps its own model (%s/config.json)", saved["preset"], now["preset"], self.cfg.out)
         saved_world = 1 + sum(name.startswith("rng.torch.") for name in tensors)
         if saved_world != self.dist.world_size:
             log.warning("the checkpoint was written by %d process(es), this run has %d: the global batch "
