@@ -9,7 +9,7 @@ from functools import partial
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from seqformer.config import DecodeConfig, to_dict
 from seqformer.serve.batcher import Batcher
@@ -53,10 +53,12 @@ def create_app(translator: Translator, cfg: ServeConfig | None = None) -> FastAP
         return {"results": [{"input": t, "translations": r} for t, r in zip(texts, results)]}
 
     @app.get("/health")
-    async def health() -> dict:
+    async def health() -> JSONResponse:
+        """200 "ok"; 503 "draining" once shutdown has begun (a load balancer then sends new requests elsewhere)."""
         s = batcher.stats
-        return {"status": "ok", "queued": batcher.queued, "batches": s.batches, "requests": s.requests,
-                "largest_batch": s.largest_batch}
+        body = {"status": "draining" if batcher.closed else "ok", "queued": batcher.queued, "batches": s.batches,
+                "requests": s.requests, "largest_batch": s.largest_batch}
+        return JSONResponse(body, status_code=503 if batcher.closed else 200)
 
     @app.get("/info")
     async def get_info() -> dict:

@@ -83,12 +83,12 @@ class Batcher:
         """Refuse new requests from now on (:class:`Overloaded`); the queued and running ones still run."""
         self._closed = True
 
-    async def drain(self, timeout_s: float) -> None:
-        """After :meth:`close`: wait up to ``timeout_s`` for the queue and the running batch to finish, then
-        answer what is still queued with :class:`Overloaded` (a batch already running goes on)."""
+    async def drain(self, timeout_s: float, give_up: Callable[[], bool] = lambda: False) -> None:
+        """After :meth:`close`: wait up to ``timeout_s`` (or until ``give_up()``) for the queue and the running
+        batch to finish, then answer what is still queued with :class:`Overloaded` (a running batch goes on)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while (self._jobs or self._running) and loop.time() < deadline:
+        while (self._jobs or self._running) and loop.time() < deadline and not give_up():
             await asyncio.sleep(0.02)
         for job in self._jobs:
             if not job.future.done():

@@ -52,7 +52,10 @@ async def unless_client_leaves(request: Request, work: Awaitable[Any]) -> Any:
     job, gone = asyncio.ensure_future(work), asyncio.ensure_future(_hung_up(request))
     try:
         await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
+        if not job.done():  # the client left: cancel() only asks, so wait until the job has taken it
+            job.cancel()
+            await asyncio.wait({job})
+    finally:  # (also when this handler itself is cancelled)
         gone.cancel()
         if not job.done():
             job.cancel()

@@ -13,7 +13,7 @@ from seqformer.translator import Translator, default_model_dir
 
 log = logging.getLogger("seqformer.serve")
 DRAIN_S = 10.0  # at shutdown, how long the queue may take to finish before what is left gets 503
-GRACE_S = 5  # then how long uvicorn waits for open requests (the last batch's replies) before cancelling them
+GRACE_S = 30.0  # then how long uvicorn waits for open requests (the running batch's) before cancelling them
 
 
 def check_installed() -> None:
@@ -61,7 +61,7 @@ def bind(cfg: ServeConfig) -> list[socket.socket]:
     return sockets
 
 
-def make_server(translator: Translator, cfg: ServeConfig, drain_s: float = DRAIN_S):
+def make_server(translator: Translator, cfg: ServeConfig, drain_s: float = DRAIN_S, grace_s: float = GRACE_S):
     """The uvicorn server of the app; ``server.run(sockets=...)`` serves until ``should_exit`` (a signal)."""
     import uvicorn
 
@@ -79,14 +79,14 @@ def make_server(translator: Translator, cfg: ServeConfig, drain_s: float = DRAIN
 
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             # First the batcher, while every request still has its connection: new ones get 503, the queue
-            # is served for up to drain_s, then what is left gets 503. (uvicorn alone waited GRACE_S, then
-            # cancelled the waiting requests, which its clients received as plain-text 500s.)
+            # is served for up to drain_s (a second Ctrl-C cuts it short), then what is left gets 503.
+            # (uvicorn alone waited 5 s, then cancelled the waiting requests: plain-text 500s.)
             app.state.batcher.close()
-            await app.state.batcher.drain(drain_s)
+            await app.state.batcher.drain(drain_s, give_up=lambda: self.force_exit)
             await super().shutdown(sockets)
 
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, access_log=cfg.access_log, log_level="info",
-                            timeout_graceful_shutdown=GRACE_S)
+                            timeout_graceful_shutdown=grace_s)
     return Server(config)
 
 
