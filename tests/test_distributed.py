@@ -114,3 +114,21 @@ def test_every_rank_takes_the_final_save_together():
     finish(0, ["example"], other_ranks_vote=False)  # validates: votes to save
     finish(1, [], other_ranks_vote=True)  # nothing to validate, already saved: must still join the save
     assert saves == [0, 1]
+
+
+def test_the_time_limit_is_rank_zeros_clock():
+    """Other ranks' elapsed time includes waiting while rank 0 validates or saves (time the limit excludes):
+    had their clocks a vote, the any-rank vote would end a run early by that much."""
+    from types import SimpleNamespace
+
+    from seqformer import TrainConfig
+    from seqformer.training.checkpoint import TrainState
+    from seqformer.training.trainer import Trainer
+
+    cfg = TrainConfig(max_minutes=1.0)
+    for rank, waited in ((0, False), (1, True)):  # rank 1 has counted rank 0's checkpoint writes, rank 0 has not
+        state = TrainState(elapsed_s=61.0 if waited else 59.0)
+        trainer = SimpleNamespace(cfg=cfg, state=state, dist=Dist(rank=rank, world_size=2), stop_signal=None)
+        assert Trainer.done(trainer) is False
+    rank0 = SimpleNamespace(cfg=cfg, state=TrainState(elapsed_s=60.0), dist=Dist(rank=0, world_size=2), stop_signal=None)
+    assert Trainer.done(rank0) is True

@@ -239,8 +239,10 @@ class Trainer:
             return True
         if c.epochs and s.epoch + (s.batch_in_epoch >= len(self.epoch_batches())) >= c.epochs:
             return True  # the last epoch ends with its last batch, not when the next one is asked for
-        if c.max_minutes and s.elapsed_s >= c.max_minutes * 60:
-            if c.cooldown_steps and self.dist.is_main:
+        # The time limit is rank 0's clock alone (the vote in fit() tells the others): another rank's also counts
+        # its wait while rank 0 validates or writes a checkpoint, and would end the run early by that much.
+        if c.max_minutes and self.dist.is_main and s.elapsed_s >= c.max_minutes * 60:
+            if c.cooldown_steps:
                 log.warning("--max-minutes ended the run at update %d of max_steps=%d: the cool-down over the last %d "
                             "updates %s (lr %.3g now)", s.step, c.max_steps, c.cooldown_steps,
                             "did not run to its end" if s.step > c.max_steps - c.cooldown_steps else "never began",
