@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,7 +90,11 @@ class Batcher:
         deadline = loop.time() + timeout_s
         while (self._jobs or self._running) and loop.time() < deadline and not give_up():
             await asyncio.sleep(0.02)
-        for job in self._jobs:
+        self._refuse_queued()
+
+    def _refuse_queued(self, also: Iterable[_Job] = ()) -> None:
+        """Answer ``also`` and every queued request with :class:`Overloaded` (shutdown), and empty the queue."""
+        for job in [*also, *self._jobs]:
             if not job.future.done():
                 job.future.set_exception(Overloaded("the server is shutting down"))
         self._jobs, self._queued = deque(), 0
@@ -102,11 +106,8 @@ class Batcher:
                 await self._task
         # The batch being computed when the loop was cancelled, then everything still queued: each request
         # is answered, none left waiting on a future nobody will set.
-        for job in [*self._running, *self._jobs]:
-            if not job.future.done():
-                job.future.set_exception(Overloaded("the server is shutting down"))
-        self._running, self._jobs = [], deque()
-        self._queued = 0
+        self._refuse_queued(also=self._running)
+        self._running = []
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
