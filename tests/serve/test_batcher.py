@@ -93,6 +93,44 @@ def test_full_queue_is_refused_at_once():
     assert out == [["busy|A"], ["q0|A"], ["q1|A"]] and left == 0
 
 
+def test_queue_and_batches_count_what_requests_cost_not_their_texts():
+    """A text of many sentences is many model inputs: it fills the queue and a batch like that many texts."""
+    gate = threading.Event()
+    rec = Recorder(gate)
+
+    async def main():
+        b = Batcher(rec, max_batch=4, window_s=0.05, max_queue=6)
+        b.start()
+        first = await occupy(b, rec, "busy", "A")
+        long_a = asyncio.ensure_future(b.submit(["long a"], "A", cost=3))
+        long_b = asyncio.ensure_future(b.submit(["long b"], "A", cost=3))
+        await asyncio.sleep(0.01)
+        assert b.queued == 6  # two texts, six sentences
+        with pytest.raises(Overloaded, match="adds 1"):
+            await b.submit(["short"], "A")  # was: admitted (2 texts queued of 6)
+        gate.set()
+        out = await asyncio.gather(first, long_a, long_b)
+        await b.stop()
+        return out
+
+    out = run(main())
+    assert out == [["busy|A"], ["long a|A"], ["long b|A"]]
+    assert rec.calls == [["busy"], ["long a"], ["long b"]]  # 3 + 3 > max_batch 4: was one call of both
+
+
+def test_a_request_larger_than_the_queue_runs_when_nothing_waits():
+    rec = Recorder()
+
+    async def main():
+        b = Batcher(rec, max_batch=4, window_s=0.0, max_queue=2)
+        b.start()
+        out = await b.submit(["a text of ten sentences"], "A", cost=10)
+        await b.stop()
+        return out
+
+    assert run(main()) == ["a text of ten sentences|A"]
+
+
 def test_model_error_reaches_every_request_of_the_batch():
     def broken(texts, options):
         raise ValueError("boom")

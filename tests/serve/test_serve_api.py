@@ -238,6 +238,28 @@ def test_full_queue_gives_503_and_recovers(translator):
         assert c.get("/health").json()["queued"] == 0
 
 
+def test_the_queue_counts_sentences(translator):
+    slow = SlowTranslator(translator)
+    cfg = ServeConfig(max_batch=1, batch_window_ms=0, max_queue=4, max_texts=1)
+    with TestClient(create_app(slow, cfg)) as c:
+        codes: list[int] = []
+        busy = threading.Thread(target=lambda: codes.append(c.post("/translate", json={"text": "Busy."}).status_code))
+        busy.start()
+        assert slow.entered.wait(10)
+        text = "The dog runs. The cat sleeps. The bird sings."
+        waiting = threading.Thread(target=lambda: codes.append(c.post("/translate", json={"text": text}).status_code))
+        waiting.start()
+        deadline = time.monotonic() + 10
+        while c.app.state.batcher.queued < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert c.get("/health").json()["queued"] == 3  # was 1: one text
+        assert c.post("/translate", json={"text": "One. Two."}).status_code == 503
+        slow.release.set()
+        busy.join(20)
+        waiting.join(20)
+        assert codes == [200, 200]
+
+
 def test_model_failure_gives_json_500(translator):
     class Broken(SlowTranslator):
         def translate_nbest(self, texts, **kwargs):

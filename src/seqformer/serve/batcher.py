@@ -1,11 +1,14 @@
 """Dynamic batching: concurrent requests share one model call on one worker thread.
 
 The first request to arrive waits up to ``window_s`` for company (or until
-``max_batch`` texts are queued); then every queued request with the same
-decoding options, in arrival order and up to ``max_batch`` texts, runs as one
-batch in the worker thread while the event loop keeps accepting requests. The
-queue is bounded: past ``max_queue`` waiting texts, :class:`Overloaded` is raised
-at once instead of letting latency grow without limit. A request whose client
+``max_batch`` units are queued); then every queued request with the same
+decoding options, in arrival order and up to ``max_batch`` units, runs as one
+batch in the worker thread while the event loop keeps accepting requests. A
+unit is one model input: a request says what its texts cost (the service counts
+the sentences a text is split into), one per text by default. The queue is
+bounded: past ``max_queue`` waiting units, :class:`Overloaded` is raised at once
+instead of letting latency grow without limit (a request larger than that still
+runs when nothing else waits). A request whose client
 hangs up leaves the queue at once and is never computed. At shutdown the batcher
 is closed (new requests get 503) and drained: the queue and the running batch
 finish, up to a time limit, after which what is still queued gets 503.
@@ -36,6 +39,7 @@ class _Job:
     texts: list[str]
     options: Hashable  # jobs batch together only when their options are equal
     future: asyncio.Future = field(repr=False)
+    cost: int = 1  # model inputs (units) the texts make
 
 
 @dataclass
@@ -56,7 +60,7 @@ class Batcher:
         self.max_queue = max_queue
         self.stats = BatchStats()
         self._jobs: deque[_Job] = deque()
-        self._queued = 0  # texts in self._jobs
+        self._queued = 0  # units in self._jobs
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -111,17 +115,19 @@ class Batcher:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, texts: list[str], options: Hashable) -> list:
-        """Translate ``texts`` with ``options``; one result per text, in order."""
+    async def submit(self, texts: list[str], options: Hashable, cost: int | None = None) -> list:
+        """Translate ``texts`` with ``options``; one result per text, in order. ``cost``: the model
+        inputs they make (default: one per text)."""
         if self._task is None or self._wake is None:
             raise RuntimeError("Batcher.start() was not called")
         if self._closed:
             raise Overloaded("the server is shutting down")
-        cost = max(len(texts), 1)
-        if self._queued + cost > self.max_queue:
-            raise Overloaded(f"{self._queued} texts already queued (max_queue {self.max_queue}); retry later")
+        cost = max(len(texts) if cost is None else cost, 1)
+        if self._queued and self._queued + cost > self.max_queue:
+            raise Overloaded(f"{self._queued} units already queued, this request adds {cost} "
+                             f"(max_queue {self.max_queue}); retry later")
         future = asyncio.get_running_loop().create_future()
-        job = _Job(list(texts), options, future)
+        job = _Job(list(texts), options, future, cost)
         self._jobs.append(job)
         self._queued += cost
         self._wake.set()
@@ -135,7 +141,7 @@ class Batcher:
         """Take a still-queued job out of the queue (a job in the running batch is past recall)."""
         if any(j is job for j in self._jobs):
             self._jobs = deque(j for j in self._jobs if j is not job)
-            self._queued -= max(len(job.texts), 1)
+            self._queued -= job.cost
 
     async def _loop(self) -> None:
         assert self._wake is not None
@@ -166,17 +172,17 @@ class Batcher:
         """Remove and return the next batch: the oldest live job plus compatible ones behind it."""
         batch: list[_Job] = []
         rest: deque[_Job] = deque()
-        n_texts = 0
+        units = 0
         while self._jobs:
             job = self._jobs.popleft()
             if job.future.done():  # the client went away
-                self._queued -= max(len(job.texts), 1)
+                self._queued -= job.cost
                 continue
-            fits = not batch or (job.options == batch[0].options and n_texts + len(job.texts) <= self.max_batch)
+            fits = not batch or (job.options == batch[0].options and units + job.cost <= self.max_batch)
             if fits:
                 batch.append(job)
-                n_texts += len(job.texts)
-                self._queued -= max(len(job.texts), 1)
+                units += job.cost
+                self._queued -= job.cost
             else:
                 rest.append(job)
         self._jobs = rest

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from seqformer.config import DecodeConfig
+from seqformer.segment import split_sentences
 from seqformer.serve.limits import FieldError
 from seqformer.translator import Translation, Translator
 
@@ -38,6 +39,12 @@ def options_of(req: Any, batch_size: int) -> Options:
                           sampling=req.sampling, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
                           batch_size=batch_size, seed=req.seed if req.sampling else None)
     return Options(decode, attention=req.attention or req.attention_heads, heads=req.attention_heads, split=req.split)
+
+
+def model_inputs(texts: list[str], opts: Options) -> int:
+    """How many sentences the model will translate for ``texts``: what a request costs in the queue
+    (a text of 1,000 characters may be 250 short sentences)."""
+    return sum(len(split_sentences(t)) for t in texts) if opts.split else len(texts)
 
 
 def translate_batch(translator: Translator, texts: list[str], opts: Options) -> list[list[dict]]:

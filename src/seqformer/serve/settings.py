@@ -23,9 +23,9 @@ class ServeConfig:
 
     host: str = "127.0.0.1"
     port: int = 8000
-    max_batch: int = 32  # texts per model call; 1 = one request at a time
+    max_batch: int = 32  # sentences per model call (a request's texts are never split across calls); 1 = one request at a time
     batch_window_ms: float = 5.0  # how long the first queued request waits for company
-    max_queue: int = 256  # texts waiting for the model; beyond this requests get 503
+    max_queue: int = 256  # sentences waiting for the model; beyond this requests get 503 (one alone always runs)
     max_body_bytes: int = 262_144
     max_texts: int = 32  # texts per request
     max_chars: int = 1000  # characters per text
@@ -40,7 +40,8 @@ class ServeConfig:
         for name in ("max_body_bytes", "max_texts", "max_chars", "max_beam_size", "max_nbest"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1, found {getattr(self, name)}")
         _check(self.max_queue >= self.max_texts,
-               f"max_queue ({self.max_queue}) must be >= max_texts ({self.max_texts}) or large requests always fail")
+               f"max_queue ({self.max_queue}) must be >= max_texts ({self.max_texts}): a queue that cannot hold "
+               "one request of one-sentence texts")
 
     @property
     def loopback(self) -> bool:
