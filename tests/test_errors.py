@@ -461,6 +461,14 @@ def test_letters_the_vocabulary_cannot_spell_are_named_in_one_warning(model_dir)
     ("1. Buy milk. 2. Call Sam.", ["1. Buy milk.", "2. Call Sam."]),  # was: "1." and "Buy milk." apart
     ("1. First item 2. Second", ["1. First item 2. Second"]),  # was: "1.", "First item 2.", "Second"
     ("It was 1990. Then it rained.", ["It was 1990.", "Then it rained."]),  # a year still ends a sentence
+    # were split after the abbreviation (or, the ages, not split):
+    ("Gen. Patton arrived.", ["Gen. Patton arrived."]),
+    ("See p. 12 for details. Room No. 5 is free.", ["See p. 12 for details.", "Room No. 5 is free."]),
+    ("Vaswani et al. (2017) proposed it.", ["Vaswani et al. (2017) proposed it."]),
+    ("apples, pears, etc. and more", ["apples, pears, etc. and more"]),
+    ("She has a Ph.D. in physics.", ["She has a Ph.D. in physics."]),
+    ("I am 25. She is 30.", ["I am 25.", "She is 30."]),
+    ("I said no. We sold pears, etc. Then we left.", ["I said no.", "We sold pears, etc.", "Then we left."]),
     ("", [""]),
     ("   ", [""]),
 ])

@@ -18,22 +18,33 @@ _BOUNDARY = re.compile(
     rf"|(?P<cjk>[。！？][{re.escape(_CLOSERS)}]*)\s*(?=\S)"
 )
 # Words whose period is not a sentence end: titles and abbreviations that do not end sentences (words
-# such as "no" or "Inc." that often do are left out); single capitals (initials) and dotted letter runs
-# (e.g, i.e, U.S, a.m) are recognised by shape, and so are list markers (one- or two-digit numbers).
+# such as "no" or "Inc." that often do are below); single capitals (initials) and dotted runs of one- or
+# two-letter parts (e.g, i.e, U.S, a.m, Ph.D) are recognised by shape, and so are list markers (one- or
+# two-digit numbers in a text that starts with one).
 _ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof st jr sr mt vs cf fig approx dept capt sgt lt cmdr jan feb apr jun jul aug sep sept "
-    "oct nov".split()
+    "mr mrs ms dr prof st jr sr mt vs cf fig approx dept capt sgt lt cmdr gen col maj adm brig cpl pvt gov sen "
+    "rep rev hon pres supt jan feb apr jun jul aug sep sept oct nov".split()
 )
-_DOTTED = re.compile(r"(?:[^\W\d_]\.)*[^\W\d_]")
+_BEFORE_NUMBER = frozenset("no nos nr p pp art vol ch sec pt".split())  # "p. 12", "No. 5"; "I said no." ends
+_BEFORE_LOWER = frozenset("etc inc ltd co corp bros".split())  # "etc. and more"; "pears, etc. Then" ends
+_DOTTED = re.compile(r"(?:[^\W\d_]{1,2}\.)+[^\W\d_]{1,2}")
+_LIST_START = re.compile(r"[(\[]?\d{1,2}[.)] ")  # "1. Buy milk 2. Call Sam"
 
 
 def _is_abbreviation(text: str, period: int) -> bool:
     """Whether the word before ``text[period]`` (a period; words are single-space separated) is an abbreviation."""
-    word = text[text.rfind(" ", 0, period) + 1 : period].lstrip(_OPENERS)
-    if word.lower() in _ABBREVIATIONS:
+    start = text.rfind(" ", 0, period) + 1
+    word = text[start:period].lstrip(_OPENERS)
+    lower = word.lower()
+    after = text[period + 1 :].lstrip(_CLOSERS + " ")[:1]  # the first character of the next word
+    if lower in _ABBREVIATIONS:
         return True
-    if word.isdigit() and len(word) <= 2:  # a list marker ("1. Buy milk 2. Call Sam"): splitting strands it
+    if lower in _BEFORE_NUMBER and after.isdigit():
         return True
+    if (lower in _BEFORE_LOWER and after.islower()) or (lower == "al" and text[max(start - 3, 0) : start] == "et "):
+        return True
+    if word.isdigit() and len(word) <= 2:  # a list marker: splitting strands it ("I am 25." still ends)
+        return start == 0 or _LIST_START.match(text) is not None
     if len(word) == 1:
         return word.isupper()  # an initial ("J. Smith"); "the letter a." can end a sentence
     return len(word) <= 5 and "." in word and _DOTTED.fullmatch(word) is not None
