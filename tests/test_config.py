@@ -71,6 +71,9 @@ def test_configs_are_frozen(cls):
     (DecodeConfig, dict(top_k=-1), "top_k"),
     (DecodeConfig, dict(top_p=0.0), "top_p"),
     (DecodeConfig, dict(top_p=1.5), "top_p"),
+    (DecodeConfig, dict(temperature=0.7, top_p=0.9), r"without sampling \(temperature=0.7, top_p=0.9\)"),  # were ignored
+    (DecodeConfig, dict(top_k=10), r"without sampling \(top_k=10\)"),
+    (DecodeConfig, dict(seed=3), r"without sampling \(seed=3\)"),
     (DecodeConfig, dict(max_len_b=0), "max_len_b"),
     (DecodeConfig, dict(batch_size=0), "batch_size"),
     # values float32 cannot carry through the search (they crashed it with NaN probabilities or overflow)
@@ -96,7 +99,7 @@ def test_good_edge_values_are_accepted():
 
 
 @pytest.mark.parametrize("cfg", [ModelConfig(d_model=64, n_heads=2, pre_norm=True), TrainConfig(lr=3e-4, train="x.tsv"),
-                                 DecodeConfig(beam_size=5, nbest=2, top_p=0.9)], ids=["model", "train", "decode"])
+                                 DecodeConfig(beam_size=5, nbest=2, top_p=0.9, sampling=True)], ids=["model", "train", "decode"])
 def test_dict_round_trip(cfg):
     data = json.loads(json.dumps(to_dict(cfg)))
     assert from_dict(type(cfg), data) == cfg

@@ -150,6 +150,10 @@ def test_sampling_with_seed_is_reproducible(client, translator):
     ({"text": "x", "nbest": 2.0}, "nbest"),
     ({"text": "x", "sampling": "yes"}, "sampling"),
     ({"text": "x", "attention": 1}, "attention"),
+    ({"text": "x", "temperature": 0.5}, "temperature"),  # these four were ignored without sampling
+    ({"text": "x", "top_k": 5}, "top_k"),
+    ({"text": "x", "top_p": 0.9}, "top_p"),
+    ({"text": "x", "seed": 7}, "seed"),
 ])
 def test_bad_fields_give_422_naming_the_field(client, body, field):
     reply = client.post("/translate", json=body)

@@ -33,6 +33,10 @@ def options_of(req: Any, batch_size: int) -> Options:
         # (layers x heads x target x source) numbers per hypothesis: a full batch of them could be gigabytes
         raise FieldError("attention_heads", "per-head attention is given for one text at a time, "
                                             f"found {len(req.texts)} texts")
+    if not req.sampling:  # they would be ignored by beam search
+        for name, off in (("temperature", 1.0), ("top_k", 0), ("top_p", 1.0), ("seed", None)):
+            if getattr(req, name) != off:
+                raise FieldError(name, f"{name} only applies with sampling: true")
     if not req.sampling and req.nbest > req.beam_size:
         raise FieldError("nbest", f"nbest ({req.nbest}) cannot exceed beam_size ({req.beam_size}) without sampling")
     decode = DecodeConfig(beam_size=req.beam_size, nbest=req.nbest, length_penalty=req.length_penalty,
