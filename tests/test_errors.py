@@ -490,6 +490,28 @@ def test_long_input_is_split_into_sentences(model_dir):
     assert whole[0].score == pytest.approx(sum(p[0].score for p in parts))
 
 
+@pytest.mark.filterwarnings("ignore:.*outside the model's vocabulary")
+def test_nbest_or_attention_on_a_split_text_warns_that_it_is_joined(model_dir):
+    translator = Translator.load(model_dir)
+    two = "a b c. D e f."
+    with pytest.warns(UserWarning, match="1 text.* of several sentences get one joined translation"):
+        joined, _ = translator.translate_nbest([two, "a b c."], beam_size=3, nbest=3)  # was: silent
+    assert len(joined) == 1
+    with pytest.warns(UserWarning, match="joined"):
+        translator.translate_nbest([two], beam_size=2, need_attention=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", message=".*outside the model's vocabulary")  # the tiny model has no "."
+        assert len(translator.translate_nbest([two], beam_size=3, nbest=3, split=False)[0]) == 3
+        translator.translate_nbest([two], beam_size=3)  # one best anyway: nothing lost
+
+
+def test_a_lone_surrogate_in_the_api_is_a_data_error(model_dir):
+    translator = Translator.load(model_dir)
+    with pytest.raises(DataError, match="text 2: not valid Unicode .* character 4"):
+        translator.translate(["a b", "caf\ud800"])  # was: a raw error from inside SentencePiece
+
+
 def test_long_input_without_splitting_is_truncated_with_a_warning(model_dir):
     translator = Translator.load(model_dir)
     limit = translator.model.cfg.max_positions  # 24: 23 subwords and </s>

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import torch
 from seqformer.config import DecodeConfig
 from seqformer.data.batching import encode_source, pad
 from seqformer.decoding import Hypothesis, generate
-from seqformer.errors import ConfigError
+from seqformer.errors import ConfigError, DataError
 from seqformer.io import ModelDir, import_state, load_weights, read_model_dir
 from seqformer.model.transformer import Seq2SeqTransformer
 from seqformer.passthrough import Held, hold_out, put_back
@@ -107,12 +108,21 @@ class Translator:
         held: list[Held] = []
         owner: list[int] = []
         for i, text in enumerate(texts):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as err:  # a lone surrogate: SentencePiece would fail with a raw traceback
+                raise DataError(f"text {i + 1}: not valid Unicode (a lone surrogate at character {err.start + 1})") from None
             tag, body = self.tokenizer.split_lang_tag(text.strip())  # ('', text) unless the model uses >>xx<< tags
             for part in split_sentences(body) if split else [body.strip()]:
                 h = hold_out(part, self._src_unknown)
                 pieces.append(f"{tag} {h.text}" if tag and h.text else h.text)  # each sentence keeps the tag
                 held.append(h)
                 owner.append(i)
+        if cfg.nbest > 1 or need_attention:
+            split_texts = sum(1 for n in Counter(owner).values() if n > 1)
+            if split_texts:
+                warnings.warn(f"{split_texts} text(s) of several sentences get one joined translation, without "
+                              "an n-best list or attention (split=False / --no-split keeps a text whole)", stacklevel=2)
         results = self._translate_segments(pieces, cfg, need_attention, per_head)
         grouped: list[list[list[Translation]]] = [[] for _ in texts]
         for i, res, h in zip(owner, results, held):
