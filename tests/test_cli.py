@@ -114,6 +114,25 @@ def test_evaluate_prints_bleu_and_chrf_with_signatures(run_dir, tmp_path, capsys
     assert result["bleu"] == round(sacrebleu.corpus_bleu(hyps, [refs[0], [s for s, _ in pairs]]).score, 2)
 
 
+def test_average_into_another_training_run_is_refused(run_dir, tmp_path, capsys):
+    other = tmp_path / "other-run"
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "config.json").write_text("the run's own\n")
+    assert call_main("average", run_dir, "--last", "2", "--out", other) == 1
+    assert "is a training run" in capsys.readouterr().err
+    assert (other / "config.json").read_text() == "the run's own\n" and not (other / "model.safetensors").exists()
+
+
+@pytest.mark.filterwarnings("ignore:.*outside the model's vocabulary")
+def test_evaluate_can_translate_lines_whole(run_dir, tmp_path, capsys):
+    src = ["a b c. d e f g h", "b c d e. f g h i j"]
+    (tmp_path / "src.txt").write_text("".join(s + "\n" for s in src))
+    rc = call_main("evaluate", "--model", run_dir, "--src", tmp_path / "src.txt", "--ref", tmp_path / "src.txt",
+                   "--hyp-out", tmp_path / "hyp.txt", "--no-split")  # was: no such option
+    assert rc == 0
+    assert (tmp_path / "hyp.txt").read_text().splitlines() == Translator.load(run_dir).translate(src, split=False)
+
+
 def test_average_writes_the_mean_model(run_dir, tmp_path, capsys):
     assert call_main("average", run_dir, "--last", "2", "--out", tmp_path / "avg") == 0
     a, b = (ckpt.model_tensors(run_dir / "checkpoints" / f"ckpt-{s:08d}.safetensors") for s in (20, 40))

@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", required=True, action="append", help="reference file (repeat for several)")
     p.add_argument("--hyp-out", help="also write the translations to this file")
     p.add_argument("--json", action="store_true", help="print scores as JSON")
+    p.add_argument("--no-split", action="store_true", help="translate each line whole, not sentence by sentence")
     add_dataclass_args(p, DecodeConfig, skip=_DECODE_SKIP | {"sampling", "temperature", "top_k", "top_p", "nbest"},
                        title="decoding (DecodeConfig)")
 

@@ -203,7 +203,7 @@ def evaluate(args: argparse.Namespace) -> int:
     _check_output(args.hyp_out, (("--src", args.src), *(("--ref", r) for r in args.ref)))
     translator = _translator(args)
     cfg = _decode_config(args)
-    hyps = translator.translate(src, **asdict(cfg))
+    hyps = translator.translate(src, split=not args.no_split, **asdict(cfg))
     if args.hyp_out:
         write_output(Path(args.hyp_out), "".join(h + "\n" for h in hyps).encode("utf-8"))
     result = score(hyps, refs)
