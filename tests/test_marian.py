@@ -194,6 +194,16 @@ def test_importing_into_the_hugging_face_directory_itself_is_refused(marian, tmp
     assert (path / "config.json").read_bytes() == before and not (path / "marian_config.json").exists()
 
 
+def test_importing_into_a_training_run_is_refused(marian, tmp_path, capsys):
+    path, _, _ = marian
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text("the run's own\n")
+    assert main(["import-marian", str(path), str(run)]) == 1  # was: its config.json replaced, resume broken
+    assert "is a training run (it holds checkpoints/)" in capsys.readouterr().err
+    assert (run / "config.json").read_text() == "the run's own\n" and not (run / "model.safetensors").exists()
+
+
 def test_importing_a_directory_with_malformed_config_json_names_the_line(tmp_path, capsys):
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "config.json").write_text('{\n  "model_type": "marian",\n')

@@ -101,6 +101,8 @@ def staged_dir(out: Path) -> Iterator[Path]:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ModelDirError(f"{out}: exists and is not a directory")
+    if (out / "checkpoints").is_dir():  # its config.json and weights would be replaced: --resume would break
+        raise ModelDirError(f"{out} is a training run (it holds checkpoints/): write the model to another directory")
     stage = out / STAGE
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
