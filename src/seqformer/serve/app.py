@@ -48,7 +48,7 @@ def create_app(translator: Translator, cfg: ServeConfig | None = None) -> FastAP
     async def translate(req: translate_request, request: Request) -> dict:
         """Translate ``text`` or ``texts``; concurrent requests are batched together."""
         texts = texts_of(req)
-        opts = options_of(req, cfg.max_batch)
+        opts = options_of(req, cfg.max_batch, max_attention=cfg.max_nbest)  # one text's n-best at most
         results = await unless_client_leaves(request, batcher.submit(texts, opts, cost=model_inputs(texts, opts)))
         return {"results": [{"input": t, "translations": r} for t, r in zip(texts, results)]}
 

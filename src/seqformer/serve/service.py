@@ -28,11 +28,16 @@ def texts_of(req: Any) -> list[str]:
     return [req.text] if req.text is not None else list(req.texts)
 
 
-def options_of(req: Any, batch_size: int) -> Options:
+def options_of(req: Any, batch_size: int, max_attention: int = 8) -> Options:
+    """The request's model options; ``max_attention``: the most hypotheses a request may ask attention for."""
     if req.attention_heads and req.texts is not None and len(req.texts) > 1:
         # (layers x heads x target x source) numbers per hypothesis: a full batch of them could be gigabytes
         raise FieldError("attention_heads", "per-head attention is given for one text at a time, "
                                             f"found {len(req.texts)} texts")
+    hyps = len(texts_of(req)) * req.nbest
+    if req.attention and hyps > max_attention:  # a (target x source) matrix each: 32 x 8 of them could be ~100 MB
+        raise FieldError("attention", f"attention is given for at most {max_attention} hypotheses per request "
+                                      f"(texts x nbest), found {hyps}")
     if not req.sampling:  # they would be ignored by beam search
         for name, off in (("temperature", 1.0), ("top_k", 0), ("top_p", 1.0), ("seed", None)):
             if getattr(req, name) != off:
