@@ -1,8 +1,12 @@
 """Translation quality: seqformer vs Hugging Face MarianMTModel trained by the same recipe for the same time.
 
-    python recipes/tatoeba_split.py                                          # once: work/tatoeba-en-fr/
-    seqformer train --config recipes/tatoeba-en-fr.json --max-minutes M      # the seqformer side, M minutes
-    python benchmarks/bundled_vs_marian.py --minutes M --seqformer-model work/runs/tatoeba-en-fr
+    bash recipes/tatoeba-en-fr-vs-marian.sh      # both sides, 40 minutes each (SEED=2 ... for another seed)
+
+which runs (after recipes/tatoeba_split.py)
+
+    seqformer train --config recipes/tatoeba-en-fr-40min.json --out RUN        # the seqformer side
+    python benchmarks/bundled_vs_marian.py --minutes 40 --recipe recipes/tatoeba-en-fr-40min.json \
+        --out RUN --seqformer-model RUN --split test --beams 1,4
 
 MarianMTModel is given everything seqformer's trainer uses: the recipe's tokenizer (the
 seqformer run's spm.model when the recipe's out directory has one, else one trained here by
@@ -265,7 +269,8 @@ def compare(seqformer: dict, marian: dict) -> dict:
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, help="training time (batching + updates), as the recipe's max_minutes")
-    ap.add_argument("--recipe", default="recipes/tatoeba-en-fr.json")
+    ap.add_argument("--recipe", default="recipes/tatoeba-en-fr-40min.json",
+                    help="the seqformer recipe both sides follow (the bundled model's, fitted to 40 minutes)")
     ap.add_argument("--seed", type=int, help="the recipe's seed replaced (first weights, dropout, batch order), "
                     "as seqformer train --seed")
     ap.add_argument("--out", help="the seqformer run of this recipe whose tokenizer MarianMTModel uses, when not "

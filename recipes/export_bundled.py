@@ -1,6 +1,6 @@
 """Copy a trained model directory into the package as the bundled model, with fp16 weights.
 
-    python recipes/export_bundled.py work/runs/tatoeba-en-fr-last3 src/seqformer/models/en-fr
+    python recipes/export_bundled.py work/runs/tatoeba-en-fr-cycle4-last1 src/seqformer/models/en-fr
 
 The new directory is built beside the old one and swapped in only when complete and within the
 size bound, so an interrupted or oversized export leaves the shipped model as it was. Files the
