@@ -64,8 +64,15 @@ def test_csv_log_has_the_jsonl_rows(run_dir):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard not installed")
-def test_tensorboard_events_are_written(run_dir):
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+def test_tensorboard_has_the_logged_scalars(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    records = [r for r in read_log(run_dir / "train_log.jsonl") if "loss" in r]
+    loss = events.Scalars("loss")
+    assert [e.step for e in loss] == [r["step"] for r in records]
+    assert [e.value for e in loss] == pytest.approx([r["loss"] for r in records], rel=1e-6)
 
 
 def test_early_stopping_keeps_the_best_model(data_dir, tmp_path, monkeypatch):
