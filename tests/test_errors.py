@@ -184,6 +184,19 @@ def test_bad_command_line_values_are_one_line_errors(model_dir, tmp_path, capsys
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt"]  # nothing written
 
 
+@pytest.mark.parametrize("args, message", [
+    (["translate", "--beam-size", "x", "a"], "argument --beam-size: invalid int value: 'x' (see seqformer translate --help)"),
+    (["translate", "--bogus", "a"], "unrecognized arguments: --bogus"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_flag_mistakes_are_one_line_errors(capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        call_main(*args)
+    assert exit_.value.code == 2
+    line = _one_line_error(capsys.readouterr().err)  # was: a usage block of a dozen lines, then the error
+    assert message in line and line.endswith("--help)")
+
+
 @pytest.mark.parametrize("section", ["model", "tokenizer"])
 def test_a_config_section_that_is_not_an_object_is_a_model_dir_error(model_dir, tmp_path, capsys, section):
     broken = _broken_copy(model_dir, tmp_path, lambda d: None)

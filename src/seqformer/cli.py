@@ -52,10 +52,17 @@ def picked(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 
+class _Parser(argparse.ArgumentParser):
+    """A flag mistake is one line naming the flag, as every other user error is (not a usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"seqformer: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from seqformer import __version__
 
-    parser = argparse.ArgumentParser(prog="seqformer", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="seqformer", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"seqformer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
