@@ -15,7 +15,9 @@ SHARED=${SHARED:-../shared}
 RUNS=work/runs/tatoeba-en-fr
 
 # One learning-rate cycle: train (or --resume) by recipe $1 into $2, then score the candidates on the dev
-# split (never on test): the last checkpoint alone and averages of the last 3 and 5.
+# split (never on test): the last checkpoint alone and averages of the last 3 and 5. The scores are printed,
+# not acted on: the shipped chain's choices are written into the next recipe's init_from and CHOSEN below;
+# a rerun whose dev scores rank the candidates differently should edit those.
 cycle() {
   python -m seqformer train --config "$1" --resume
   for n in 1 3 5; do
