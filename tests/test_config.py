@@ -122,7 +122,8 @@ def test_a_value_of_the_wrong_json_type_names_the_field(cls, data, message):
 
 def test_json_values_of_the_right_type_are_accepted():
     assert from_dict(TrainConfig, {"lr": 1, "adam_betas": [0.9, 0.99]}).lr == 1  # an integer is a number
-    assert from_dict(DecodeConfig, {"seed": None}).seed is None and from_dict(DecodeConfig, {"seed": 3, "sampling": True}).seed == 3
+    assert from_dict(DecodeConfig, {"seed": None}).seed is None
+    assert from_dict(DecodeConfig, {"seed": 3, "sampling": True}).seed == 3
 
 
 def test_unknown_keys_are_rejected():
