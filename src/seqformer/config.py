@@ -228,10 +228,16 @@ class DecodeConfig:
                f"max_len_a must be a number >= 0 and max_len_b >= 1, found {self.max_len_a} and {self.max_len_b}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, found {self.batch_size}")
         if not self.sampling:  # they would be ignored: the search is greedy or beam search
-            set_ = [f"{k}={v}" for k, v, off in (("temperature", self.temperature, 1.0), ("top_k", self.top_k, 0),
-                                               ("top_p", self.top_p, 1.0), ("seed", self.seed, None)) if v != off]
+            set_ = [f"{k}={getattr(self, k)}" for k in sampling_options_given(self)]
             _check(not set_, f"sampling options given without sampling ({', '.join(set_)}): turn it on (--sampling) "
                              "or leave them out")
+
+
+def sampling_options_given(options: Any) -> list[str]:
+    """The fields only sampling reads (temperature, top_k, top_p, seed) that ``options`` (a DecodeConfig, or
+    anything with those attributes) sets away from DecodeConfig's defaults."""
+    return [k for k in ("temperature", "top_k", "top_p", "seed")
+            if getattr(options, k) != DecodeConfig.__dataclass_fields__[k].default]
 
 
 def _expected_type(hint: Any, value: Any) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from seqformer.config import DecodeConfig
+from seqformer.config import DecodeConfig, sampling_options_given
 from seqformer.segment import split_sentences
 from seqformer.serve.limits import FieldError
 from seqformer.translator import Translation, Translator
@@ -38,10 +38,9 @@ def options_of(req: Any, batch_size: int, max_attention: int = 8) -> Options:
     if req.attention and hyps > max_attention:  # a (target x source) matrix each: 32 x 8 of them could be ~100 MB
         raise FieldError("attention", f"attention is given for at most {max_attention} hypotheses per request "
                                       f"(texts x nbest), found {hyps}")
-    if not req.sampling:  # they would be ignored by beam search
-        for name, off in (("temperature", 1.0), ("top_k", 0), ("top_p", 1.0), ("seed", None)):
-            if getattr(req, name) != off:
-                raise FieldError(name, f"{name} only applies with sampling: true")
+    given = [] if req.sampling else sampling_options_given(req)  # they would be ignored by beam search
+    if given:
+        raise FieldError(given[0], f"{given[0]} only applies with sampling: true")
     if not req.sampling and req.nbest > req.beam_size:
         raise FieldError("nbest", f"nbest ({req.nbest}) cannot exceed beam_size ({req.beam_size}) without sampling")
     decode = DecodeConfig(beam_size=req.beam_size, nbest=req.nbest, length_penalty=req.length_penalty,
