@@ -161,6 +161,18 @@ def test_a_thread_count_pytorch_cannot_run_is_lowered(model_dir):
     assert result.stdout.splitlines() == Translator.load(model_dir).translate(["a b"])
 
 
+def test_a_beam_size_beside_sampling_is_refused_where_it_was_given(model_dir):
+    translator = Translator.load(model_dir)
+    with pytest.raises(ConfigError, match=r"a beam size \(8\) has no effect with sampling"):
+        translator.translate(["a b"], sampling=True, beam_size=8)  # sampled as if it were not there
+    with pytest.raises(ConfigError, match=r"a beam size \(4\)"):
+        translator.translate(["a b"], sampling=True, beam_size=4)  # the default's value, but given
+    for options in (dict(sampling=True, seed=1), dict(sampling=True, beam_size=1, seed=1)):  # no beam: both fine
+        assert translator.translate(["a b"], **options) == translator.translate(["a b"], sampling=True, seed=1)
+    result = run_seqformer("translate", "--model", str(model_dir), "--sampling", "--seed", "1", "a b")
+    assert result.returncode == 0, result.stderr  # the CLI's default beam size is not "given"
+
+
 def test_an_unknown_quantization_is_refused(model_dir):
     with pytest.raises(ConfigError, match="quantize must be"):
         Translator.load(model_dir, quantize="int4")  # returned an fp32 model without a word
@@ -171,6 +183,7 @@ def test_an_unknown_quantization_is_refused(model_dir):
     (["translate", "--input", "{tmp}/empty.txt", "a"], "not both"),  # the file was silently ignored
     (["translate", "--nbest", "2", "--beam-size", "2", "a"], "--nbest 2 needs --json"),  # printed one
     (["translate", "--sampling", "--seed", str(2**70), "a"], "seed must be a 64-bit integer"),  # traceback
+    (["translate", "--sampling", "--beam-size", "8", "a"], "a beam size (8) has no effect with sampling"),  # ignored
     (["translate", "--input", "{tmp}"], "is a folder, not a file"),
     (["translate", "caf\udce9"], "TEXT argument 1: not valid UTF-8"),  # argv bytes that are not UTF-8
     (["translate", "--attention", "a"], "give --json too"),

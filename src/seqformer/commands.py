@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from seqformer.cli import picked
-from seqformer.config import DecodeConfig, ModelConfig, TrainConfig, from_dict, load_recipe
+from seqformer.config import DecodeConfig, ModelConfig, TrainConfig, beam_given_with_sampling, from_dict, load_recipe
 from seqformer.data.corpus import decode_lines, read_lines
 from seqformer.errors import ConfigError, DataError
 from seqformer.io import write_output
@@ -67,7 +67,13 @@ def _translator(args: argparse.Namespace):
 
 
 def _decode_config(args: argparse.Namespace) -> DecodeConfig:
-    return from_dict(DecodeConfig, picked(args, DecodeConfig))
+    given = picked(args, DecodeConfig)
+    clash = beam_given_with_sampling(given)
+    if clash:
+        raise ConfigError(clash)
+    if given.get("sampling"):
+        given["beam_size"] = 1  # no beam: the translator would refuse the default 4 as given beside sampling
+    return from_dict(DecodeConfig, given)
 
 
 def _text_args(texts: list[str]) -> list[str]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from seqformer.config import DecodeConfig
+from seqformer.config import DecodeConfig, beam_given_with_sampling
 from seqformer.data.batching import encode_source, pad
 from seqformer.decoding import Hypothesis, generate
 from seqformer.errors import ConfigError, DataError
@@ -103,6 +103,9 @@ class Translator:
         if isinstance(texts, str):  # iterating it would translate each character on its own
             raise TypeError("texts must be a list of strings: translate([text]), not translate(text)")
         texts = list(texts)  # a generator would be used up by the first pass
+        clash = beam_given_with_sampling(options)
+        if clash:
+            raise ConfigError(clash)
         cfg = DecodeConfig(**options)
         pieces: list[str] = []
         held: list[Held] = []

@@ -154,6 +154,7 @@ def test_sampling_with_seed_is_reproducible(client, translator):
     ({"text": "x", "top_k": 5}, "top_k"),
     ({"text": "x", "top_p": 0.9}, "top_p"),
     ({"text": "x", "seed": 7}, "seed"),
+    ({"text": "x", "sampling": True, "beam_size": 8}, "beam_size"),  # ignored by sampling, which has no beam
     ({"texts": ["a", "b", "c"], "beam_size": 3, "nbest": 3, "attention": True}, "attention"),  # 9 > max_nbest 8
 ])
 def test_bad_fields_give_422_naming_the_field(client, body, field):

@@ -25,7 +25,7 @@ def request_model(cfg: ServeConfig, vocab_size: int) -> type[BaseModel]:
         beam_size=(int, Field(min(d.beam_size, cfg.max_beam_size), ge=1, le=cfg.max_beam_size,
                               description="1 = greedy")),
         nbest=(int, Field(1, ge=1, le=cfg.max_nbest, description="alternatives per text (<= beam_size unless sampling)")),
-        sampling=(bool, Field(False, description="sample instead of searching; nbest samples per text")),
+        sampling=(bool, Field(False, description="sample: nbest samples per text, no beam (leave beam_size out)")),
         temperature=(float, Field(d.temperature, ge=MIN_TEMPERATURE, le=MAX_TEMPERATURE, allow_inf_nan=False)),
         top_k=(int, Field(d.top_k, ge=0, le=vocab_size, description="0 = no top-k filter")),
         top_p=(float, Field(d.top_p, gt=0, le=1, allow_inf_nan=False)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from seqformer.config import DecodeConfig, sampling_options_given
+from seqformer.config import DecodeConfig, beam_given_with_sampling, sampling_options_given
 from seqformer.segment import split_sentences
 from seqformer.serve.limits import FieldError
 from seqformer.translator import Translation, Translator
@@ -41,9 +41,12 @@ def options_of(req: Any, batch_size: int, max_attention: int = 8) -> Options:
     given = [] if req.sampling else sampling_options_given(req)  # they would be ignored by beam search
     if given:
         raise FieldError(given[0], f"{given[0]} only applies with sampling: true")
+    clash = beam_given_with_sampling({k: getattr(req, k) for k in req.model_fields_set})
+    if clash:
+        raise FieldError("beam_size", clash)
     if not req.sampling and req.nbest > req.beam_size:
         raise FieldError("nbest", f"nbest ({req.nbest}) cannot exceed beam_size ({req.beam_size}) without sampling")
-    decode = DecodeConfig(beam_size=req.beam_size, nbest=req.nbest, length_penalty=req.length_penalty,
+    decode = DecodeConfig(beam_size=1 if req.sampling else req.beam_size, nbest=req.nbest, length_penalty=req.length_penalty,
                           sampling=req.sampling, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
                           batch_size=batch_size, seed=req.seed if req.sampling else None)
     return Options(decode, attention=req.attention or req.attention_heads, heads=req.attention_heads, split=req.split)
