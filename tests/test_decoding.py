@@ -200,7 +200,7 @@ def test_greedy_follows_the_argmax_path():
         assert hyp.score == pytest.approx(logp / (len(prefix) + 1), abs=1e-5)
 
 
-@pytest.mark.parametrize("alpha", [0.0, 1.0])
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 1.0])
 @torch.no_grad()
 def test_beam_equals_exhaustive_search_on_a_real_model(alpha):
     """Vocabulary of 5, at most 3 tokens: every output (tokens 1, 2, 4 then </s>; <pad> is never
@@ -218,7 +218,7 @@ def test_beam_equals_exhaustive_search_on_a_real_model(alpha):
         scores = {}
         for i, seq in enumerate(outputs):
             total = sum(lp[i, t, tok].item() for t, tok in enumerate(seq + [EOS]))
-            scores[tuple(seq)] = (normalise(total, len(seq) + 1, alpha), total)
+            scores[tuple(seq)] = (total / (len(seq) + 1) ** alpha, total)  # written out: not the library's normalise
         assert {tuple(h.tokens) for h in nbest} == set(scores)
         for h in nbest:
             assert (h.score, h.logprob) == pytest.approx(scores[tuple(h.tokens)], abs=1e-5)
@@ -246,6 +246,21 @@ def test_length_limit_wins_over_min_len(cfg):
     src, mask = src_batch([[5, 6, 7], [8, 9]])
     for nbest in generate(model, src, mask, cfg):
         assert nbest and all(len(h.tokens) == 3 and 0 not in h.tokens and math.isfinite(h.score) for h in nbest)
+
+
+@pytest.mark.parametrize("cfg", [DecodeConfig(beam_size=1, min_len=99, max_len_a=0.0, max_len_b=100),
+                                 DecodeConfig(beam_size=3, nbest=3, min_len=99, max_len_a=0.0, max_len_b=100),
+                                 DecodeConfig(sampling=True, beam_size=1, nbest=3, min_len=99, max_len_a=0.0,
+                                              max_len_b=100, seed=0)], ids=["greedy", "beam", "sampling"])
+@torch.no_grad()
+def test_outputs_stop_at_the_models_last_position(cfg):
+    """A length limit past the model's positions: outputs run to the last one the decoder can feed
+    (<s> + 7 tokens = 8 positions) and stop there with a finite score, in every search."""
+    model = tiny_model(seed=17, max_positions=8)
+    src, mask = src_batch([[5, 6, 7], [8, 9]])
+    for nbest in generate(model, src, mask, cfg):
+        assert len(nbest) == cfg.nbest
+        assert all(len(h.tokens) == 7 and 0 not in h.tokens and math.isfinite(h.score) for h in nbest)
 
 
 def _real_batch(model, lengths=(3, 9, 1, 6, 4, 7), seed=0):

@@ -87,6 +87,11 @@ def test_early_stopping_keeps_the_best_model(data_dir, tmp_path, monkeypatch):
     assert max(r["step"] for r in records) == 8
     info = json.loads((tmp_path / "run" / "training.json").read_text())
     assert info["step"] == 4 and info["best_valid"] == -2.0  # model.safetensors is the best, not the last
+    # ... and so are its weights (the record alone would pass if a later save wrote the last model)
+    shipped = load_weights(tmp_path / "run" / "model.safetensors")
+    best, last = (ckpt.model_tensors(ckpt.checkpoint_path(tmp_path / "run" / "checkpoints", s)) for s in (4, 8))
+    assert all(torch.equal(shipped[k], best[k]) for k in shipped)
+    assert not all(torch.equal(shipped[k], last[k]) for k in shipped)
 
 
 def test_the_last_checkpoint_holds_the_final_validation(data_dir, tmp_path, monkeypatch):

@@ -308,6 +308,25 @@ def test_the_recipes_label_smoothing_and_clipping_reach_the_updates(data_dir, tm
         assert losses != pytest.approx(nlls, rel=1e-3)
 
 
+def test_pairs_longer_than_max_len_are_dropped_at_the_boundary():
+    """A source is fed with its </s> and a target after <s>: max_len subwords on either side would need
+    max_len + 1 positions, so pairs are kept up to max_len - 1 subwords a side (a model with
+    max_positions == max_len would otherwise fail hours into a run, on the first such batch)."""
+    from seqformer.training.data import encode_pairs
+
+    class WordTokenizer:  # one subword per word
+        def encode_src(self, texts):
+            return [[4 + i for i, _ in enumerate(t.split())] for t in texts]
+
+        encode_tgt = encode_src
+
+    pairs = [("a b c", "x y z"), ("a b c d", "x"), ("a", "w x y z"), ("a b", "x y")]
+    examples = encode_pairs(WordTokenizer(), pairs, max_len=4, eos_id=3)
+    assert examples == [([4, 5, 6, 3], [4, 5, 6]), ([4, 5, 3], [4, 5])]
+    batch = collate(examples, 0, 2, 3)
+    assert batch.src.size(1) <= 4 and batch.tgt_in.size(1) <= 4
+
+
 def test_validation_scores_are_the_plain_nll_and_the_translators_bleu(model_dir):
     # Early stopping and the best-model choice rest on these two numbers; elsewhere validate() is mocked.
     import sacrebleu
