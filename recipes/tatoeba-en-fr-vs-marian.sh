@@ -3,7 +3,7 @@
 # CPU (issue 3's comparison, at a budget one sitting can afford): recipes/tatoeba-en-fr-40min.json is the
 # bundled model's recipe (architecture, vocabulary, batches, Adam, label smoothing, clipping; the first
 # weights drawn by seqformer's default init, now "normal", where the bundled model started from "xavier")
-# with its schedule fitted to 40 minutes: 300 warmup updates to lr 8e-4, then linearly to zero at update 1,000;
+# with its schedule fitted to 40 minutes: 300 warmup updates to lr 8e-4, then linearly towards zero at update 1,000;
 # training stops at update 1,000 or after 40 minutes of batching + updates, whichever comes first, on
 # both sides. Both models (their last weights, no choice made) are then scored once on the test split,
 # greedy and beam 4. About 100 minutes of wall time in all. Needs: pip install -e ".[bench]" (transformers)

@@ -260,7 +260,7 @@ def test_repeated_nan_loss_stops_with_advice(data_dir, tmp_path, monkeypatch):
 def test_resume_applies_the_recipes_adam_settings_and_warns_of_a_changed_data_order(data_dir, tmp_path, caplog):
     train(tiny_config(data_dir, tmp_path / "run", max_steps=4, weight_decay=0.1), progress=False)
     resumed = tiny_config(data_dir, tmp_path / "run", max_steps=6, weight_decay=0.0, adam_betas=(0.9, 0.99),
-                          seed=4, preset="base")
+                          seed=4, preset="base", lr=1e-3)
     with caplog.at_level(logging.WARNING, logger="seqformer"):
         train(resumed, resume=True, progress=False)
     (path,) = [p for p in ckpt.list_checkpoints(tmp_path / "run" / "checkpoints") if "06" in p.name]
@@ -270,6 +270,7 @@ def test_resume_applies_the_recipes_adam_settings_and_warns_of_a_changed_data_or
     assert [(g["weight_decay"], tuple(g["betas"])) for g in groups] == [(0.0, (0.9, 0.99))] * len(groups)
     assert "weight_decay: 0.1 -> 0.0" in caplog.text and "betas: (0.9, 0.98) -> (0.9, 0.99)" in caplog.text
     assert "seed was 3, now 4" in caplog.text and "not an exact resume" in caplog.text
+    assert "lr was 0.003, now 0.001: the run continues with the new value" in caplog.text  # was unsaid
     # a preset on --resume was silently ignored (the run keeps its own model): now said
     assert "the run was made with preset 'tiny', the command says 'base': ignored" in caplog.text
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["d_model"] == 64

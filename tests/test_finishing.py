@@ -222,6 +222,21 @@ def test_a_changed_validation_metric_on_resume_chooses_the_best_model_afresh(dat
     assert json.loads((tmp_path / "run" / "training.json").read_text())["step"] == 4
 
 
+def test_a_changed_validation_on_resume_chooses_the_best_model_afresh(data_dir, tmp_path, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.setattr(trainer_mod, "validate", lambda *a, **k: {"bleu": 30.0, "valid_nll": 1.0})
+    cfg = tiny_config(data_dir, tmp_path / "run", valid=str(data_dir / "valid.tsv"), valid_every=2, save_every=2,
+                      max_steps=2)
+    train(cfg, progress=False)
+    # beam 4 instead of greedy: its BLEU does not compare with the greedy 30 (was: the step-2 model kept for good)
+    monkeypatch.setattr(trainer_mod, "validate", lambda *a, **k: {"bleu": 20.0, "valid_nll": 1.5})
+    with caplog.at_level(logging.WARNING, logger="seqformer"):
+        train(replace(cfg, max_steps=4, valid_beam_size=4), resume=True, progress=False)
+    assert "valid_beam_size changed" in caplog.text and "choosing afresh" in caplog.text
+    assert json.loads((tmp_path / "run" / "training.json").read_text())["step"] == 4
+
+
 def test_averaging_checkpoints_of_different_models_is_a_one_line_error(run_dir, tmp_path):
     from safetensors.torch import save_file
 

@@ -126,7 +126,7 @@ class TrainConfig:
     update_freq: int = 1
     lr: float = 1e-3
     warmup_steps: int = 1000
-    cooldown_steps: int = 0  # the last N updates before max_steps: lr falls linearly to zero
+    cooldown_steps: int = 0  # the last N updates before max_steps: lr falls linearly, to 1/(N+1) of its start
     adam_betas: tuple[float, float] = (0.9, 0.98)
     adam_eps: float = 1e-9
     weight_decay: float = 0.0

@@ -1,5 +1,5 @@
 """The optimisation recipe: Adam(0.9, 0.98, 1e-9), linear warmup then inverse-sqrt decay (optionally
-ending in a linear cool-down to zero), and the label-smoothed loss computed only on real (non-padding) target positions."""
+ending in a linear cool-down towards zero), and the label-smoothed loss computed only on real (non-padding) target positions."""
 
 from __future__ import annotations
 

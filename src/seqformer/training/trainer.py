@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import time
 from dataclasses import replace
@@ -44,6 +45,10 @@ from seqformer.training.validate import validate
 
 __all__ = ["Trainer", "bf16_supported", "build_model_config", "train"]
 DATA_ORDER_FIELDS = ("train", "max_len", "max_tokens", "update_freq", "seed")  # what the batches depend on
+# what the updates from here on depend on (a resume without the run's --config changed them unsaid)
+SCHEDULE_FIELDS = ("lr", "warmup_steps", "cooldown_steps", "label_smoothing", "clip_norm", "max_steps", "epochs",
+                   "max_minutes", "precision")
+VALIDATION_FIELDS = ("valid", "valid_bleu_lines", "valid_beam_size")  # what the best model was chosen by
 log = logging.getLogger("seqformer")
 MAX_BAD_STEPS = 20
 
@@ -152,6 +157,16 @@ class Trainer:
             if name in saved and saved[name] != now[name]:
                 log.warning("--resume: %s was %r, now %r: the batches from here on differ from the original "
                             "run's (not an exact resume)", name, saved[name], now[name])
+        for name in SCHEDULE_FIELDS:
+            if name in saved and saved[name] != now[name]:
+                log.warning("--resume: %s was %r, now %r: the run continues with the new value (give the run's "
+                            "--config again to keep its recipe)", name, saved[name], now[name])
+        changed = [n for n in VALIDATION_FIELDS if n in saved and _differs(n, saved[n], now[n])]
+        if changed and self.state.best_metric is not None:
+            log.warning("--resume: %s changed: validation scores from here on do not compare with the best "
+                        "model's: choosing afresh", ", ".join(changed))
+            self.state.best_metric = self.state.best_nll = None
+            self.state.bad_validations = 0
         if "preset" in saved and saved["preset"] != now["preset"]:
             log.warning("--resume: the run was made with preset %r, the command says %r: ignored, a resumed run "
                         "keeps its own model (%s/config.json)", saved["preset"], now["preset"], self.cfg.out)
@@ -350,6 +365,13 @@ class Trainer:
             self.save()
         if self.stop_signal is None and not self.valid_examples:
             self.write_model()
+
+
+def _differs(name: str, saved: Any, now: Any) -> bool:
+    """Whether a recipe field changed; paths are compared as the files they name."""
+    if name == "valid" and saved and now:
+        return os.path.realpath(saved) != os.path.realpath(now)
+    return saved != now
 
 
 def _existing_model_config(out: Path) -> ModelConfig | None:
