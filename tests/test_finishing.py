@@ -49,6 +49,22 @@ def test_average_cli_writes_the_tensor_mean(run_dir, tmp_path):
     assert len(Translator.load(tmp_path / "avg").translate(["red cat runs"], beam_size=2)) == 1
 
 
+def test_averaging_in_place_keeps_the_best_model(run_dir, tmp_path):
+    """The run's model is its best checkpoint's, which keep_last may have pruned: an in-place average
+    keeps it as model.best.safetensors (it was overwritten, the only copy), and a re-average does not
+    replace it with the first average."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    best = (run / "model.safetensors").read_bytes()
+    assert main(["average", str(run), "--last", "3"]) == 0
+    assert (run / "model.best.safetensors").read_bytes() == best
+    assert (run / "model.safetensors").read_bytes() != best  # the average, as before
+    assert main(["average", str(run), "--last", "2"]) == 0
+    assert (run / "model.best.safetensors").read_bytes() == best
+
+
 def test_averaging_more_checkpoints_than_kept_says_so(run_dir, tmp_path):
     with pytest.warns(UserWarning, match="holds 4 checkpoint.*fewer than --last 10: averaging those 4"):
         out = average_checkpoints(run_dir, 10, tmp_path / "avg")

@@ -34,9 +34,13 @@ def average_tensors(paths: list[Path]) -> dict[str, torch.Tensor]:
     return {name: (acc / len(paths)).float() for name, acc in total.items()}
 
 
+BEST_KEPT = "model.best.safetensors"  # the best-checkpoint model an in-place average replaced
+
+
 def average_checkpoints(run_dir: Path, last: int, out: Path | None = None, dtype: str = "float32") -> Path:
     """Average the newest ``last`` checkpoints of ``run_dir`` into ``out`` (default: ``run_dir``); the new
-    directory gets every tokenizer file the run's config names and the run's ``training.json``."""
+    directory gets every tokenizer file the run's config names and the run's ``training.json``. In place,
+    the run's best-checkpoint model is first kept as ``model.best.safetensors`` (not by a re-average)."""
     if last < 1:
         raise ModelDirError(f"--last must be >= 1, found {last}")
     paths = list_checkpoints(run_dir / "checkpoints")[-last:]
@@ -48,11 +52,15 @@ def average_checkpoints(run_dir: Path, last: int, out: Path | None = None, dtype
     out = Path(out) if out is not None else Path(run_dir)
     mdir = read_model_dir(run_dir)  # config.json checked (its sections, fields and tokenizer files) first
     config = mdir.meta
+    replaces_best = "averaged_from" not in config  # the run's own model: its best checkpoint's weights
     model = Seq2SeqTransformer(mdir.model_cfg)
     import_state(model, average_tensors(paths), f"average of {len(paths)} checkpoints")
     config["weights_dtype"] = dtype
     config["averaged_from"] = [p.name for p in paths]
     if out.resolve() == Path(run_dir).resolve():  # the run's own model: same files, two atomic writes
+        if replaces_best and (out / "model.safetensors").is_file():
+            # pruning may have removed the best checkpoint: this file is then the only copy of that model
+            atomic_write_bytes(out / BEST_KEPT, (out / "model.safetensors").read_bytes())
         _write(out, model, config, dtype)
         return out
     with staged_dir(out) as stage:  # built aside, then moved in file by file (config.json last)
