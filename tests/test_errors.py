@@ -173,6 +173,20 @@ def test_a_beam_size_beside_sampling_is_refused_where_it_was_given(model_dir):
     assert result.returncode == 0, result.stderr  # the CLI's default beam size is not "given"
 
 
+def test_the_clis_sampling_options_reach_the_search(model_dir):
+    """--json --nbest 3 --sampling with a seed, a temperature and a top-k prints the library's samples for
+    the same options (a dropped option would print other samples, or the beam's n-best)."""
+    result = run_seqformer("translate", "--model", str(model_dir), "--json", "--sampling", "--nbest", "3",
+                           "--seed", "5", "--temperature", "3", "--top-k", "6", "a b c")
+    assert result.returncode == 0, result.stderr
+    got = [h["text"] for h in json.loads(result.stdout)["translations"]]
+    want = Translator.load(model_dir).translate_nbest(["a b c"], sampling=True, nbest=3, seed=5, temperature=3.0,
+                                                      top_k=6)[0]
+    assert got == [h.text for h in want]
+    others = Translator.load(model_dir).translate_nbest(["a b c"], sampling=True, nbest=3, seed=5)[0]
+    assert [h.text for h in others] != got  # the temperature and top-k change the samples: the check can fail
+
+
 def test_an_unknown_quantization_is_refused(model_dir):
     with pytest.raises(ConfigError, match="quantize must be"):
         Translator.load(model_dir, quantize="int4")  # returned an fp32 model without a word

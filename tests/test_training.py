@@ -41,6 +41,30 @@ def test_tiny_model_learns_to_reverse(tmp_path, spm_file):
     assert losses[-1] < 0.1 < losses[0]
 
 
+def test_separate_vocabularies_are_trained_per_side_and_learn(tmp_path):
+    """joint_vocab=False: a source tokenizer from the source side only, a target one from the target side
+    only, each used on its own side (swapped, the lowercase source would be all <unk> and nothing learnt)."""
+    pairs = [(s, t.upper()) for s, t in reversal_pairs(3000, seed=1)]  # a..j in, A..J out
+    train = write_tsv(tmp_path / "train.tsv", pairs)
+    cfg = TrainConfig(train=str(train), out=str(tmp_path / "run"), joint_vocab=False, vocab_size=30, preset="tiny",
+                      max_tokens=600, lr=1e-3, warmup_steps=50, max_steps=800, precision="fp32",
+                      label_smoothing=0.0, log_every=100, save_every=10_000, seed=1)
+    overrides = dict(d_model=64, n_heads=4, n_encoder_layers=2, n_decoder_layers=2, d_ff=128, dropout=0.0)
+    out = seqformer.train(cfg, overrides, progress=False)
+    translator = Translator.load(out)
+    tok = translator.tokenizer
+
+    def letters(sp):  # the letters of a SentencePiece model's ordinary pieces
+        return {c for i in range(sp.get_piece_size()) if not (sp.is_control(i) or sp.is_unknown(i))
+                for c in sp.id_to_piece(i) if c.isalpha()}
+
+    assert letters(tok.src) == set("abcdefghij") and letters(tok.tgt) == set("ABCDEFGHIJ")
+    test = [(s, t.upper()) for s, t in reversal_pairs(200, seed=2)]
+    hyps = translator.translate([s for s, _ in test], beam_size=1)
+    accuracy = sum(h == t for h, (_, t) in zip(hyps, test)) / len(test)
+    assert accuracy >= 0.95, list(zip(hyps, test))[:10]
+
+
 def _log(out) -> list[dict]:
     return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
 
