@@ -91,6 +91,24 @@ def test_tensorboard_has_the_logged_scalars(run_dir):
     assert [e.value for e in loss] == pytest.approx([r["loss"] for r in records], rel=1e-6)
 
 
+def test_epochs_end_the_run_with_the_last_batch_of_the_last_epoch(data_dir, tmp_path):
+    from collections import Counter
+
+    def updates(name):
+        return [r for r in read_log(tmp_path / name / "train_log.jsonl") if "loss" in r]
+
+    train(tiny_config(data_dir, tmp_path / "one", max_steps=0, epochs=1, save_every=1000), progress=False)
+    two = tiny_config(data_dir, tmp_path / "two", max_steps=0, epochs=2, save_every=1000)
+    train(two, progress=False)
+    one, both = updates("one"), updates("two")
+    assert len(one) > 1 and {r["epoch"] for r in one} == {0}
+    assert [r["step"] for r in both] == list(range(1, len(both) + 1))  # log_every 1: every update
+    per_epoch = Counter(r["epoch"] for r in both)
+    assert set(per_epoch) == {0, 1} and per_epoch[0] == len(one) and per_epoch[1] > 0  # no update of a third
+    train(two, resume=True, progress=False)  # a finished run: resuming it adds nothing
+    assert len(updates("two")) == len(both)
+
+
 def test_early_stopping_keeps_the_best_model(data_dir, tmp_path, monkeypatch):
     scores = iter([3.0, 2.0, 2.5, 2.0, 2.2])  # valid NLL (4 checks + the final one): best at step 4
     monkeypatch.setattr(trainer_mod, "validate", lambda *a, **k: {"valid_nll": next(scores)})
