@@ -149,3 +149,20 @@ def test_bad_recipe_on_the_command_line_is_one_line(tmp_path, capsys):
     assert call_main("train", "--config", path, "--train", "x.tsv", "--out", tmp_path / "out") == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "warmup" in err[0] and err[0].startswith("seqformer: error: ")
+
+
+def test_a_recipe_trains_with_its_fields_and_flags_override_them(data_dir, tmp_path):
+    """`train --config R --max-steps 5`: the recipe's training and model fields are used, a flag wins."""
+    recipe = {"train": {"train": str(data_dir / "train.tsv"), "tokenizer": str(data_dir / "spm.model"),
+                        "preset": "tiny", "max_steps": 3, "max_tokens": 80, "warmup_steps": 2, "precision": "fp32",
+                        "threads": 1, "log_every": 1, "save_every": 100, "seed": 3},
+              "model": {"d_model": 32, "n_heads": 2, "d_ff": 48, "n_encoder_layers": 1, "n_decoder_layers": 1}}
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    out = tmp_path / "run"
+    assert call_main("train", "--config", tmp_path / "recipe.json", "--max-steps", "5", "--out", out, "--quiet") == 0
+    steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == [1, 2, 3, 4, 5]  # the flag, not the recipe's 3
+    model = json.loads((out / "config.json").read_text())["model"]
+    assert (model["d_model"], model["d_ff"], model["n_encoder_layers"]) == (32, 48, 1)  # the recipe's, not "tiny"'s
+    assert json.loads((out / "training.json").read_text())["train_config"]["max_tokens"] == 80

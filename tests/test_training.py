@@ -112,6 +112,8 @@ def test_resumed_run_reproduces_the_uninterrupted_run(tmp_path, spm_file, monkey
     expected = [(r["step"], r["loss"], r["lr"]) for r in _log(full) if "loss" in r]
     got = [(r["step"], r["loss"], r["lr"]) for r in _log(parts) if "loss" in r]
     assert [s for s, _, _ in expected] == list(range(1, 2 * k + 1))
+    epochs = [r["epoch"] for r in _log(full) if "loss" in r]
+    assert epochs[k - 1] >= 1 and len(set(epochs[k:])) > 1  # stopped after an epoch; the resumed part crosses one
     assert got == expected
     assert [lr for _, _, lr in got] == pytest.approx([inverse_sqrt_lr(s, 2e-3, 4) for s in range(1, 2 * k + 1)])
     a, b = load_file(full / "model.safetensors"), load_file(parts / "model.safetensors")
