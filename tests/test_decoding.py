@@ -334,6 +334,7 @@ def test_translator_batching_never_changes_a_translation(model_dir):
         assert [[h.text for h in n] for n in batched] == [[h.text for h in n] for n in alone]
         assert [h.score for n in batched for h in n] == pytest.approx([h.score for n in alone for h in n], abs=1e-5)
         assert sum(bool(h.text) for n in batched for h in n) >= 3  # not vacuous: real output to compare
+        assert len({n[0].text for n in alone}) >= 3  # and different outputs: one put back in another's place shows
         small = translator.translate_nbest(texts, batch_size=2, **options)
         assert [[h.text for h in n] for n in small] == [[h.text for h in n] for n in alone]
 

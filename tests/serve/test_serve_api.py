@@ -85,6 +85,8 @@ def test_concurrent_requests_are_batched_and_equal_unbatched_results(client, tra
     for i, text in enumerate(texts):
         alone = translator.translate_nbest([text], nbest=2)[0]  # unbatched
         assert same(replies[i]["results"][0]["translations"], alone), text
+    # distinct answers: a reply routed to the wrong request would not match
+    assert len({replies[i]["results"][0]["translations"][0]["text"] for i in range(len(texts))}) >= len(texts) // 2
 
 
 def test_several_texts_in_one_request(client, translator):
