@@ -64,6 +64,17 @@ def test_single_text_matches_translator(client, translator):
     assert result["translations"][0]["attention"] is None
 
 
+def test_search_options_reach_the_search(client, translator):
+    """A beam other than the default and a length penalty of 0 (scores are then the raw log-probabilities):
+    the service returns what the library does for those options (a dropped option would not)."""
+    text = "The small cat sees a dog."
+    body = client.post("/translate", json={"text": text, "beam_size": 2, "nbest": 2, "length_penalty": 0}).json()
+    hyps = body["results"][0]["translations"]
+    assert same(hyps, translator.translate_nbest([text], beam_size=2, nbest=2, length_penalty=0.0)[0])
+    assert [h["score"] for h in hyps] == pytest.approx([h["logprob"] for h in hyps], abs=1e-6)
+    assert any(len(h["tokens"]) > 1 for h in hyps)  # lengths past 1: the default penalty would change the scores
+
+
 def test_concurrent_requests_are_batched_and_equal_unbatched_results(client, translator):
     texts = sentences(8, seed=3)
     before = client.get("/health").json()["batches"]
