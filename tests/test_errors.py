@@ -556,9 +556,19 @@ def test_long_input_without_splitting_is_truncated_with_a_warning(model_dir):
     translator = Translator.load(model_dir)
     limit = translator.model.cfg.max_positions  # 24: 23 subwords and </s>
     symbols = ("a b c d e f g h i j " * 4).split()
+    fed = []
+    encode = translator.model.encode
+
+    def recording_encode(src, mask):
+        fed.append(src[~mask].tolist())  # the real (non-padding) source ids
+        return encode(src, mask)
+
+    translator.model.encode = recording_encode
     with pytest.warns(UserWarning, match="truncated"):
         long = translator.translate([" ".join(symbols)], split=False)
     assert long == translator.translate([" ".join(symbols[: limit - 1])], split=False)
+    want = translator.tokenizer.encode_src([" ".join(symbols[: limit - 1])])[0] + [translator.model.cfg.eos_id]
+    assert fed[0] == want and len(want) == limit  # the first 23 subwords and </s>: the model saw the cut input
 
 
 def test_long_input_on_the_command_line_warns_on_one_line(model_dir):
