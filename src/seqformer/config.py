@@ -240,11 +240,16 @@ def sampling_options_given(options: Any) -> list[str]:
             if getattr(options, k) != DecodeConfig.__dataclass_fields__[k].default]
 
 
-def beam_given_with_sampling(given: dict[str, Any]) -> str | None:
+def beam_given_with_sampling(given: dict[str, Any], default_unsaid: bool = False) -> str | None:
     """Why options *given explicitly* (``given``: field -> value, as the user spelled them) cannot go
     together, or None: sampling draws ``nbest`` independent samples and has no beam, so a beam size
-    above 1 beside it would be ignored (DecodeConfig cannot tell its default 4 from a given 4)."""
-    if given.get("sampling") and given.get("beam_size", 1) > 1:
+    above 1 beside it would be ignored (DecodeConfig cannot tell its default 4 from a given 4).
+    ``default_unsaid``: the default beam size counts as not given (a caller passing a whole
+    DecodeConfig as a dict, ``**asdict(cfg)``, carries it without having asked for it)."""
+    beam = given.get("beam_size", 1)
+    if default_unsaid and beam == DecodeConfig.__dataclass_fields__["beam_size"].default:
+        beam = 1
+    if given.get("sampling") and beam > 1:
         return (f"a beam size ({given['beam_size']}) has no effect with sampling, which draws nbest independent "
                 "samples: leave the beam size out (or 1), or turn sampling off")
     return None

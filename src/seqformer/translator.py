@@ -103,7 +103,7 @@ class Translator:
         if isinstance(texts, str):  # iterating it would translate each character on its own
             raise TypeError("texts must be a list of strings: translate([text]), not translate(text)")
         texts = list(texts)  # a generator would be used up by the first pass
-        clash = beam_given_with_sampling(options)
+        clash = beam_given_with_sampling(options, default_unsaid=True)  # **asdict(DecodeConfig(sampling=True)) is fine
         if clash:
             raise ConfigError(clash)
         cfg = DecodeConfig(**options)

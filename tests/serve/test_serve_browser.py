@@ -99,6 +99,18 @@ def test_translate_shows_nbest_and_heatmap(page, translator):
     assert page.errors == []
 
 
+def test_sampling_from_the_page(page):
+    page.fill("#source", TEXT)
+    page.fill("#nbest_n", "2")
+    page.check("#sampling")
+    page.click("#translate")
+    status = page.locator("#status")
+    sync_api.expect(status).to_contain_text("2 translation(s)")  # was: Error 422 (the page sent its beam size)
+    sync_api.expect(page.locator("#nbest li")).to_have_count(2)
+    page.uncheck("#sampling")
+    page.fill("#nbest_n", "3")
+
+
 def test_error_is_shown_not_thrown(page):
     page.fill("#source", "x")
     page.fill("#beam_size", "999")
