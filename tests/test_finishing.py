@@ -271,6 +271,16 @@ def test_a_changed_validation_on_resume_chooses_the_best_model_afresh(data_dir, 
     assert json.loads((tmp_path / "run" / "training.json").read_text())["step"] == 4
 
 
+def test_a_changed_beam_does_not_reset_a_choice_made_by_nll(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_mod, "validate", lambda *a, **k: {"valid_nll": 1.0})
+    cfg = tiny_config(data_dir, tmp_path / "run", valid=str(data_dir / "valid.tsv"), valid_every=2, save_every=2,
+                      max_steps=2, valid_bleu_lines=0)
+    train(cfg, progress=False)
+    monkeypatch.setattr(trainer_mod, "validate", lambda *a, **k: {"valid_nll": 1.5})  # worse, and comparable
+    train(replace(cfg, max_steps=4, valid_beam_size=4), resume=True, progress=False)  # the beam serves BLEU only
+    assert json.loads((tmp_path / "run" / "training.json").read_text())["step"] == 2
+
+
 def test_averaging_checkpoints_of_different_models_is_a_one_line_error(run_dir, tmp_path):
     from safetensors.torch import save_file
 

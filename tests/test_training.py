@@ -47,7 +47,7 @@ def test_separate_vocabularies_are_trained_per_side_and_learn(tmp_path):
     pairs = [(s, t.upper()) for s, t in reversal_pairs(3000, seed=1)]  # a..j in, A..J out
     train = write_tsv(tmp_path / "train.tsv", pairs)
     cfg = TrainConfig(train=str(train), out=str(tmp_path / "run"), joint_vocab=False, vocab_size=30, preset="tiny",
-                      max_tokens=600, lr=1e-3, warmup_steps=50, max_steps=800, precision="fp32",
+                      threads=1, max_tokens=600, lr=1e-3, warmup_steps=50, max_steps=800, precision="fp32",
                       label_smoothing=0.0, log_every=100, save_every=10_000, seed=1)
     overrides = dict(d_model=64, n_heads=4, n_encoder_layers=2, n_decoder_layers=2, d_ff=128, dropout=0.0)
     out = seqformer.train(cfg, overrides, progress=False)

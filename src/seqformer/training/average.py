@@ -40,7 +40,7 @@ BEST_KEPT = "model.best.safetensors"  # the best-checkpoint model an in-place av
 def average_checkpoints(run_dir: Path, last: int, out: Path | None = None, dtype: str = "float32") -> Path:
     """Average the newest ``last`` checkpoints of ``run_dir`` into ``out`` (default: ``run_dir``); the new
     directory gets every tokenizer file the run's config names and the run's ``training.json``. In place,
-    the run's best-checkpoint model is first kept as ``model.best.safetensors`` (not by a re-average)."""
+    the run's best-checkpoint model is first kept as ``model.best.safetensors`` (not an earlier average)."""
     if last < 1:
         raise ModelDirError(f"--last must be >= 1, found {last}")
     paths = list_checkpoints(run_dir / "checkpoints")[-last:]
@@ -52,13 +52,12 @@ def average_checkpoints(run_dir: Path, last: int, out: Path | None = None, dtype
     out = Path(out) if out is not None else Path(run_dir)
     mdir = read_model_dir(run_dir)  # config.json checked (its sections, fields and tokenizer files) first
     config = mdir.meta
-    replaces_best = "averaged_from" not in config  # the run's own model: its best checkpoint's weights
     model = Seq2SeqTransformer(mdir.model_cfg)
     import_state(model, average_tensors(paths), f"average of {len(paths)} checkpoints")
     config["weights_dtype"] = dtype
     config["averaged_from"] = [p.name for p in paths]
     if out.resolve() == Path(run_dir).resolve():  # the run's own model: same files, two atomic writes
-        if replaces_best and (out / "model.safetensors").is_file():
+        if _written_by_training(out):
             # pruning may have removed the best checkpoint: this file is then the only copy of that model
             atomic_write_bytes(out / BEST_KEPT, (out / "model.safetensors").read_bytes())
         _write(out, model, config, dtype)
@@ -69,6 +68,13 @@ def average_checkpoints(run_dir: Path, last: int, out: Path | None = None, dtype
             shutil.copyfile(run_dir / name, stage / name)
         _write(stage, model, config, dtype)
     return out
+
+
+def _written_by_training(run_dir: Path) -> bool:
+    """Whether the run's model.safetensors is the trainer's (its best or last model), not an earlier average:
+    the trainer writes training.json after each model it writes, an average writes none."""
+    model, info = run_dir / "model.safetensors", run_dir / "training.json"
+    return model.is_file() and info.is_file() and model.stat().st_mtime_ns <= info.stat().st_mtime_ns
 
 
 def _write(out: Path, model: Seq2SeqTransformer, config: dict, dtype: str) -> None:

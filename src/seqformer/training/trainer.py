@@ -46,8 +46,8 @@ from seqformer.training.validate import validate
 __all__ = ["Trainer", "bf16_supported", "build_model_config", "train"]
 DATA_ORDER_FIELDS = ("train", "max_len", "max_tokens", "update_freq", "seed")  # what the batches depend on
 # what the updates from here on depend on (a resume without the run's --config changed them unsaid)
-SCHEDULE_FIELDS = ("lr", "warmup_steps", "cooldown_steps", "label_smoothing", "clip_norm", "max_steps", "epochs",
-                   "max_minutes", "precision")
+SCHEDULE_FIELDS = ("lr", "warmup_steps", "cooldown_steps", "label_smoothing", "clip_norm", "precision")
+STOP_FIELDS = ("max_steps", "epochs", "max_minutes")  # raised on purpose to extend a run: said, not warned
 VALIDATION_FIELDS = ("valid", "valid_bleu_lines", "valid_beam_size")  # what the best model was chosen by
 log = logging.getLogger("seqformer")
 MAX_BAD_STEPS = 20
@@ -161,12 +161,16 @@ class Trainer:
             if name in saved and saved[name] != now[name]:
                 log.warning("--resume: %s was %r, now %r: the run continues with the new value (give the run's "
                             "--config again to keep its recipe)", name, saved[name], now[name])
-        changed = [n for n in VALIDATION_FIELDS if n in saved and _differs(n, saved[n], now[n])]
+        for name in STOP_FIELDS:
+            if name in saved and saved[name] != now[name]:
+                log.info("--resume: %s was %r, now %r", name, saved[name], now[name])
+        changed = [n for n in VALIDATION_FIELDS if n in saved and _differs(n, saved[n], now[n])
+                   and (n != "valid_beam_size" or now["valid_bleu_lines"] > 0)]  # the beam only serves BLEU
         if changed and self.state.best_metric is not None:
             log.warning("--resume: %s changed: validation scores from here on do not compare with the best "
                         "model's: choosing afresh", ", ".join(changed))
             self.state.best_metric = self.state.best_nll = None
-            self.state.bad_validations = 0
+            self.state.bad_validations, self.state.best_kind = 0, ""
         if "preset" in saved and saved["preset"] != now["preset"]:
             log.warning("--resume: the run was made with preset %r, the command says %r: ignored, a resumed run "
                         "keeps its own model (%s/config.json)", saved["preset"], now["preset"], self.cfg.out)
