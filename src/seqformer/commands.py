@@ -72,7 +72,7 @@ def _decode_config(args: argparse.Namespace) -> DecodeConfig:
     if clash:
         raise ConfigError(clash)
     if given.get("sampling"):
-        given["beam_size"] = 1  # no beam: the translator would refuse the default 4 as given beside sampling
+        given["beam_size"] = 1  # sampling has no beam: say so in the config rather than carry the default 4
     return from_dict(DecodeConfig, given)
 
 
