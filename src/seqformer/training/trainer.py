@@ -49,6 +49,12 @@ DATA_ORDER_FIELDS = ("train", "max_len", "max_tokens", "update_freq", "seed")  #
 SCHEDULE_FIELDS = ("lr", "warmup_steps", "cooldown_steps", "label_smoothing", "clip_norm", "precision")
 STOP_FIELDS = ("max_steps", "epochs", "max_minutes")  # raised on purpose to extend a run: said, not warned
 VALIDATION_FIELDS = ("valid", "valid_bleu_lines", "valid_beam_size")  # what the best model was chosen by
+RECIPE_CHANGES = (  # fields, how loudly a change is said, what it means
+    (DATA_ORDER_FIELDS, logging.WARNING, ": the batches from here on differ from the original run's (not an exact resume)"),
+    (SCHEDULE_FIELDS, logging.WARNING, ": the run continues with the new value (give the run's --config again to keep "
+                                       "its recipe)"),
+    (STOP_FIELDS, logging.INFO, ""),
+)
 log = logging.getLogger("seqformer")
 MAX_BAD_STEPS = 20
 
@@ -153,24 +159,8 @@ class Trainer:
         for change in apply_recipe(self.opt, self.cfg):
             log.warning("--resume: the recipe changes the optimizer's %s", change)
         saved, now = json.loads(meta.get("train_config", "{}")), to_dict(self.cfg)
-        for name in DATA_ORDER_FIELDS:
-            if name in saved and saved[name] != now[name]:
-                log.warning("--resume: %s was %r, now %r: the batches from here on differ from the original "
-                            "run's (not an exact resume)", name, saved[name], now[name])
-        for name in SCHEDULE_FIELDS:
-            if name in saved and saved[name] != now[name]:
-                log.warning("--resume: %s was %r, now %r: the run continues with the new value (give the run's "
-                            "--config again to keep its recipe)", name, saved[name], now[name])
-        for name in STOP_FIELDS:
-            if name in saved and saved[name] != now[name]:
-                log.info("--resume: %s was %r, now %r", name, saved[name], now[name])
-        changed = [n for n in VALIDATION_FIELDS if n in saved and _differs(n, saved[n], now[n])
-                   and (n != "valid_beam_size" or now["valid_bleu_lines"] > 0)]  # the beam only serves BLEU
-        if changed and self.state.best_metric is not None:
-            log.warning("--resume: %s changed: validation scores from here on do not compare with the best "
-                        "model's: choosing afresh", ", ".join(changed))
-            self.state.best_metric = self.state.best_nll = None
-            self.state.bad_validations, self.state.best_kind = 0, ""
+        _report_recipe_changes(saved, now)
+        self._restart_best_choice_if_incomparable(saved, now)
         if "preset" in saved and saved["preset"] != now["preset"]:
             log.warning("--resume: the run was made with preset %r, the command says %r: ignored, a resumed run "
                         "keeps its own model (%s/config.json)", saved["preset"], now["preset"], self.cfg.out)
@@ -179,6 +169,17 @@ class Trainer:
             log.warning("the checkpoint was written by %d process(es), this run has %d: the global batch "
                         "changes by that factor (adjust --update-freq to keep it)", saved_world, self.dist.world_size)
         return True
+
+    def _restart_best_choice_if_incomparable(self, saved: dict[str, Any], now: dict[str, Any]) -> None:
+        """A changed validation set, BLEU sample or (with BLEU) beam makes new scores incomparable with the
+        best model's: choose afresh rather than keep (or lose) the best model on that comparison."""
+        changed = [n for n in VALIDATION_FIELDS if n in saved and _differs(n, saved[n], now[n])
+                   and (n != "valid_beam_size" or now["valid_bleu_lines"] > 0)]  # the beam only serves BLEU
+        if changed and self.state.best_metric is not None:
+            log.warning("--resume: %s changed: validation scores from here on do not compare with the best "
+                        "model's: choosing afresh", ", ".join(changed))
+            self.state.best_metric = self.state.best_nll = None
+            self.state.bad_validations, self.state.best_kind = 0, ""
 
     def epoch_batches(self) -> list[list[int]]:
         """This epoch's batches (a pure function of seed and epoch, computed once per epoch)."""
@@ -369,6 +370,14 @@ class Trainer:
             self.save()
         if self.stop_signal is None and not self.valid_examples:
             self.write_model()
+
+
+def _report_recipe_changes(saved: dict[str, Any], now: dict[str, Any]) -> None:
+    """Name each recipe field the resuming command changes, saying what the change means."""
+    for fields, level, meaning in RECIPE_CHANGES:
+        for name in fields:
+            if name in saved and saved[name] != now[name]:
+                log.log(level, "--resume: %s was %r, now %r%s", name, saved[name], now[name], meaning)
 
 
 def _differs(name: str, saved: Any, now: Any) -> bool:
