@@ -71,8 +71,6 @@ def _decode_config(args: argparse.Namespace) -> DecodeConfig:
     clash = beam_given_with_sampling(given)
     if clash:
         raise ConfigError(clash)
-    if given.get("sampling"):
-        given["beam_size"] = 1  # sampling has no beam: say so in the config rather than carry the default 4
     return from_dict(DecodeConfig, given)
 
 
