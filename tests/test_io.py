@@ -14,6 +14,7 @@ from seqformer.config import FORMAT_VERSION, DecodeConfig
 from seqformer.decoding import generate
 from seqformer.errors import ModelDirError
 from seqformer.io import export_state, import_state, read_model_dir
+from seqformer.model.packed import PackedLinear
 from seqformer.model.transformer import Seq2SeqTransformer
 from seqformer.translator import Translator
 
@@ -115,7 +116,7 @@ def test_int8_reaches_the_tied_output_projection_and_keeps_the_logits(tmp_path, 
     assert torch.allclose(ref, got, atol=0.05 * ref.abs().max().item())  # ... within int8 rounding
 
     # The whole model: every linear layer quantized, and the logits still the fp32 model's up to rounding.
-    n_linear = sum(isinstance(m, torch.nn.Linear) for m in fp32.model.modules()) + 1  # + the untied output
+    n_linear = sum(isinstance(m, (torch.nn.Linear, PackedLinear)) for m in fp32.model.modules()) + 1  # + untied output
     assert sum(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in int8.model.modules()) == n_linear
     tgt = torch.tensor(random_ids([6, 6], vocab, seed=2))  # (B, T)
     with torch.no_grad():

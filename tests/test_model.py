@@ -239,16 +239,16 @@ def test_shared_embeddings_are_one_tensor():
 
 @pytest.mark.parametrize("variant", [VARIANTS[0], VARIANTS[2]], ids=["tied", "untied-bias"])
 @torch.no_grad()
-def test_transposed_output_gives_the_same_logits_and_follows_the_weights(variant):
+def test_fast_output_gives_the_same_logits_and_follows_the_weights(variant):
     model = tiny_model(seed=8, **variant).eval()
     src, mask, tgt = _inputs(model)
     plain = model(src, mask, tgt)  # (B, T, V)
-    model.transpose_output()
+    model.fast_output()
     torch.testing.assert_close(model(src, mask, tgt), plain, atol=1e-6, rtol=1e-6)
-    assert not any("output_t" in name for name in model.state_dict())
+    assert not any("output_copy" in name for name in model.state_dict())
     model.output_weight.mul_(2.0)  # e.g. new weights imported in place: the copy must not go stale
     doubled = model(src, mask, tgt)
-    model.transpose_output(False)
+    model.fast_output(False)
     torch.testing.assert_close(doubled, model(src, mask, tgt), atol=1e-6, rtol=1e-6)
     assert not torch.allclose(doubled, plain)
 

@@ -16,6 +16,7 @@ from seqformer.data.batching import encode_source, pad
 from seqformer.decoding import Hypothesis, generate
 from seqformer.errors import ConfigError, DataError
 from seqformer.io import ModelDir, import_state, load_weights, read_model_dir
+from seqformer.model.packed import pack_linears
 from seqformer.model.transformer import Seq2SeqTransformer
 from seqformer.passthrough import Held, hold_out, put_back
 from seqformer.segment import join_pieces, split_sentences
@@ -61,6 +62,8 @@ class Translator:
         """Load a model directory (the bundled model when ``path`` is None).
 
         A Hugging Face Marian / OPUS-MT directory is converted in memory (see :mod:`seqformer.marian`).
+        fp32 linear layers are prepacked for oneDNN where PyTorch has it (:mod:`seqformer.model.packed`);
+        ``quantize="int8"`` makes them dynamic int8 layers instead.
         """
         from seqformer.marian import is_marian_dir, load_marian
 
@@ -81,7 +84,8 @@ class Translator:
                 warnings.filterwarnings("ignore", message=r"(?s).*quantized tensor creation functions")
                 model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         else:
-            model.transpose_output()
+            pack_linears(model)  # nothing where PyTorch has no oneDNN
+            model.fast_output()
         return cls(model, mdir)
 
     def translate(self, texts: list[str], **options: Any) -> list[str]:

@@ -10,6 +10,7 @@ from seqformer.config import ModelConfig
 from seqformer.decoding.cache import DecoderCache
 from seqformer.model.embeddings import PositionalEncoding, TokenEmbedding
 from seqformer.model.layers import DecoderLayer, EncoderLayer
+from seqformer.model.packed import PackedLinear, packing_available
 
 
 class Encoder(nn.Module):
@@ -78,8 +79,8 @@ class Seq2SeqTransformer(nn.Module):
         self.decoder = Decoder(cfg, tgt_embed)
         self.output = None if cfg.tie_output else nn.Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False)
         self.final_logits_bias = nn.Parameter(torch.zeros(cfg.tgt_vocab_size)) if cfg.final_logits_bias else None
-        self.transposed_output = False  # see transpose_output()
-        self._output_t: tuple[tuple, Tensor] | None = None  # (weight's identity, its (D, V) copy)
+        self.fast_output_on = False  # see fast_output()
+        self._output_copy: tuple[tuple, nn.Module | Tensor] | None = None  # (weight's identity, its fast copy)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -109,20 +110,24 @@ class Seq2SeqTransformer(nn.Module):
             self.output = nn.Linear(self.cfg.d_model, self.cfg.tgt_vocab_size, bias=False)
             self.output.weight = nn.Parameter(self.decoder.embed.weight.detach().clone())
 
-    def transpose_output(self, on: bool = True) -> None:
-        """Project onto the vocabulary with a (D, V) contiguous copy of the output weight when not
-        training: on CPU, MKL runs a plain (N, D) x (D, V) product faster than linear() over the
-        (V, D) weight (same values), and this projection is a large share
-        of each decoding step. The copy is remade whenever the weight changes, moves or is cast."""
-        self.transposed_output = on
-        self._output_t = None
+    def fast_output(self, on: bool = True) -> None:
+        """Project onto the vocabulary, when not training, through a copy of the output weight laid
+        out for speed (same values): prepacked for oneDNN where PyTorch has it
+        (:mod:`seqformer.model.packed`), else a contiguous (D, V) copy, which MKL multiplies faster
+        than linear() does the (V, D) weight. This projection is a large share of each decoding step.
+        The copy is remade whenever the weight changes, moves or is cast, and is not in state_dict().
+        An output layer that is already packed or int8 is used as it is."""
+        self.fast_output_on = on
+        self._output_copy = None
 
-    def _output_weight_t(self) -> Tensor:
-        w = self.output_weight
+    def _fast_project(self, hidden: Tensor) -> Tensor:
+        w = self.output_weight  # (V, D)
         key = (w._version, w.data_ptr(), w.dtype, w.device)
-        if self._output_t is None or self._output_t[0] != key:
-            self._output_t = (key, w.detach().t().contiguous())  # (D, V)
-        return self._output_t[1]
+        if self._output_copy is None or self._output_copy[0] != key:
+            packable = w.dtype == torch.float32 and w.device.type == "cpu" and packing_available()
+            self._output_copy = (key, PackedLinear(w).eval() if packable else w.detach().t().contiguous())
+        copy = self._output_copy[1]
+        return copy(hidden) if isinstance(copy, PackedLinear) else hidden @ copy  # (..., V)
 
     def encode(self, src: Tensor, src_pad_mask: Tensor) -> Tensor:
         """src: (B, S); src_pad_mask: (B, S) True = padding. Returns memory (B, S, D)."""
@@ -130,10 +135,11 @@ class Seq2SeqTransformer(nn.Module):
 
     def project(self, hidden: Tensor) -> Tensor:
         """Hidden states (..., D) to vocabulary logits (..., V)."""
-        if self.transposed_output and not self.training:
-            logits = hidden @ self._output_weight_t()  # (..., V)
+        plain = self.output is None or type(self.output) is nn.Linear  # not a packed or int8 module of its own
+        if self.fast_output_on and plain and not self.training:
+            logits = self._fast_project(hidden)  # (..., V)
         elif self.output is not None:
-            # Called as a module so that a dynamically quantized (int8) copy works too.
+            # Called as a module so that packed and dynamically quantized (int8) copies work too.
             logits = self.output(hidden)  # (..., V)
         else:
             logits = F.linear(hidden, self.output_weight)  # (..., V)

@@ -1,0 +1,115 @@
+"""Inference-only fp32 linear layers over oneDNN's prepacked weights (CPU).
+
+A decoding step is mostly matrix products of a few hundred rows against fixed weights. oneDNN
+runs those of OPUS-MT's shape (d_model 512, FFN 2048) faster from a weight reordered once into its
+own blocked layout than MKL runs ``linear()`` from the plain one, and d_model 256 ones about as fast
+(``benchmarks/packed_linear.py``). Same values: results agree to float rounding. The reordered weight is an opaque
+tensor that takes no gradient and ignores ``.to()``, so only inference copies of a model are
+packed (:meth:`seqformer.translator.Translator.load`), never one that trains; ``state_dict()``,
+copies and pickles carry the plain weight, so a packed model still saves like a plain one.
+Where PyTorch has no oneDNN (or its private ops change), :func:`pack_linears` packs nothing and
+the model keeps its plain layers.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class PackedLinear(nn.Module):
+    """``nn.Linear``'s forward over a weight prepacked for oneDNN; inference only."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
+        """weight: (out, in) float32 on CPU; bias: (out,) or None. Both are copied."""
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        # plain attributes, not buffers: the opaque tensor must stay out of .to() (state_dict: see below)
+        self.packed = _pack(weight)  # (out, in), oneDNN's layout
+        self.bias = None if bias is None else bias.detach().float().clone()  # (out,)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (..., in_features) float32 on CPU. Returns (..., out_features)."""
+        if self.training:
+            raise RuntimeError("PackedLinear is for inference: its weight takes no gradient (pack an eval() copy)")
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")  # (..., out)
+
+    @property
+    def weight(self) -> Tensor:
+        """The plain (out, in) weight, unpacked anew on each access (exactly the packed values)."""
+        return self.packed.to_dense()
+
+    def __getstate__(self) -> dict:
+        # copy.deepcopy and pickle cannot reach into the opaque tensor: carry the plain weight instead
+        return {**self.__dict__, "packed": self.weight}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__({**state, "packed": _pack(state["packed"])})
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        # the same keys as the nn.Linear it replaced, so a packed model saves and compares like a plain one
+        destination[prefix + "weight"] = self.weight
+        if self.bias is not None:
+            destination[prefix + "bias"] = self.bias
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+        names = ("weight", "bias") if self.bias is not None else ("weight",)
+        missing_keys.extend(prefix + n for n in names if prefix + n not in state_dict)
+        weight, bias = state_dict.get(prefix + "weight"), state_dict.get(prefix + "bias")
+        shapes = {"weight": (self.out_features, self.in_features), "bias": (self.out_features,)}
+        for n, t in (("weight", weight), ("bias", bias)):
+            if t is not None and n in names and tuple(t.shape) != shapes[n]:
+                error_msgs.append(f"size mismatch for {prefix}{n}: expected {shapes[n]}, found {tuple(t.shape)}")
+                return
+        if weight is not None:
+            self.packed = _pack(weight)
+        if bias is not None and self.bias is not None:
+            self.bias = bias.detach().float().clone()
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def _pack(weight: Tensor) -> Tensor:
+    # no row-count hint: the rows vary (source tokens, beams, sentences dropped as they finish), and
+    # no fixed hint measured faster than oneDNN's generic choice across them
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().float().contiguous(), None)
+
+
+@functools.cache
+def packing_available() -> bool:
+    """Whether this PyTorch can prepack fp32 linear weights for oneDNN, and gets them right."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        lin = nn.Linear(8, 3)
+        x = torch.randn(5, 8)  # (N, in)
+        with torch.no_grad():
+            packed = PackedLinear(lin.weight, lin.bias).eval()
+            return bool(torch.allclose(packed(x), F.linear(x, lin.weight, lin.bias), atol=1e-5))
+    except Exception:  # private ops: missing, renamed or refusing this build all mean "not here"
+        return False
+
+
+def pack_linears(model: nn.Module) -> int:
+    """Replace every fp32 CPU ``nn.Linear`` of an eval-mode ``model`` by a :class:`PackedLinear`.
+
+    Returns how many were replaced: 0 where oneDNN packing is unavailable (the model is unchanged).
+    """
+    if model.training:
+        raise ValueError("pack_linears: the model is in training mode; packed layers are for inference only")
+    if not packing_available():
+        return 0
+    targets = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child) is nn.Linear and child.weight.dtype == torch.float32 and child.weight.device.type == "cpu"
+    ]
+    for parent, name, child in targets:
+        setattr(parent, name, PackedLinear(child.weight, child.bias).eval())
+    return len(targets)
