@@ -29,9 +29,12 @@ def load_plain(path: str) -> Translator:
     saved = packed.packing_available
     packed.packing_available = transformer.packing_available = lambda: False
     try:
-        return Translator.load(path)
+        plain = Translator.load(path)  # fast_output() decides at load whether to pack the output copy
     finally:
         packed.packing_available = transformer.packing_available = saved
+    if plain.model._pack_output or any(isinstance(m, packed.PackedLinear) for m in plain.model.modules()):
+        raise SystemExit("packed_linear: the plain translator came out packed; the comparison would be void")
+    return plain
 
 
 def main() -> None:

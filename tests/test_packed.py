@@ -8,14 +8,16 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import random_ids, src_batch, tiny_model
-from test_model import VARIANT_IDS, VARIANTS, _inputs
+from conftest import random_ids, src_batch, tiny_model, write_model_dir
+from test_model import VARIANT_IDS, VARIANTS
 
 import seqformer.model.packed as packed_mod
 import seqformer.model.transformer as transformer_mod
 from seqformer.config import DecodeConfig
 from seqformer.decoding import generate
+from seqformer.io import export_state, import_state
 from seqformer.model.packed import PackedLinear, pack_linears, packing_available
+from seqformer.translator import Translator
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch has no oneDNN")
 
@@ -48,6 +50,8 @@ def test_packed_linear_computes_and_saves_like_linear(bias):
     torch.testing.assert_close(packed(x), other(x), atol=1e-6, rtol=1e-5)
     with pytest.raises(RuntimeError, match="size mismatch for weight"):
         packed.load_state_dict(torch.nn.Linear(8, 4, bias=bias).state_dict())
+    with pytest.raises(RuntimeError, match="Missing key" if bias else "Unexpected key"):
+        packed.load_state_dict(torch.nn.Linear(8, 5, bias=not bias).state_dict())
     torch.testing.assert_close(packed(x), other(x), atol=1e-6, rtol=1e-5)  # a refused load changes nothing
 
 
@@ -59,6 +63,36 @@ def test_packed_layers_are_for_inference_only():
     layer = PackedLinear(torch.randn(3, 4)).train()
     with pytest.raises(RuntimeError, match="for inference"):
         layer(torch.randn(2, 4))
+    # weights written into a packed model's state_dict() values would be lost: importing is refused
+    pack_linears(model.eval())
+    with pytest.raises(ValueError, match="packed"):
+        import_state(model, export_state(tiny_model(seed=2)), "other.safetensors")
+
+
+def test_probing_for_onednn_leaves_the_random_stream_alone():
+    torch.manual_seed(0)
+    want = torch.rand(3)
+    packing_available.cache_clear()
+    torch.manual_seed(0)
+    packing_available()
+    assert torch.equal(torch.rand(3), want)
+
+
+@needs_onednn
+@pytest.mark.parametrize("tie_output", [True, False])
+@torch.no_grad()
+def test_translator_load_packs_every_linear_layer_and_the_output(tmp_path, spm_file, tokenizer, tie_output):
+    vocab = tokenizer.src.get_piece_size()
+    model = tiny_model(seed=9, src_vocab_size=vocab, tgt_vocab_size=vocab, tie_output=tie_output)
+    n_linear = sum(type(m) is torch.nn.Linear for m in model.modules())
+    loaded = Translator.load(write_model_dir(tmp_path / "m", model, spm_file)).model
+    assert not any(type(m) is torch.nn.Linear for m in loaded.modules())
+    assert sum(isinstance(m, PackedLinear) for m in loaded.modules()) == n_linear
+    direct = Translator(model, Translator.load(tmp_path / "m").dir)
+    texts = ["a b c", "d e f g h", "i j"]
+    assert Translator(loaded, direct.dir).translate(texts, beam_size=3) == direct.translate(texts, beam_size=3)
+    copy_ = loaded._output_copy  # the tied output weight's copy is packed too; an own output layer is used as is
+    assert isinstance(copy_[1], PackedLinear) if tie_output else copy_ is None
 
 
 @needs_onednn
@@ -75,7 +109,9 @@ def test_a_packed_model_decodes_like_the_plain_one(variant):
     saved, ref = packed.state_dict(), plain.state_dict()  # saves and compares like the plain model
     assert list(saved) == list(ref) and all(torch.equal(saved[k], ref[k]) for k in ref)
 
-    src, mask, tgt = _inputs(plain, seed=4)
+    src, mask = src_batch(random_ids([5, 3, 7], plain.cfg.src_vocab_size, seed=4))
+    tgt = torch.tensor(random_ids([6, 6, 6], plain.cfg.tgt_vocab_size, seed=5))  # (B, T)
+    tgt[:, 0] = plain.cfg.decoder_start_id
     full = packed(src, mask, tgt)  # (B, T, V)
     torch.testing.assert_close(full, plain(src, mask, tgt), atol=1e-5, rtol=1e-5)
     memory, cache = packed.encode(src, mask), packed.new_cache()  # cached decoding still equals the full forward
@@ -88,6 +124,18 @@ def test_a_packed_model_decodes_like_the_plain_one(variant):
     # a packed output layer is used as it is; a tied one gets one packed copy (not one per step)
     copy_ = packed._output_copy
     assert copy_ is None if packed.output is not None else isinstance(copy_[1], PackedLinear)
+
+
+@torch.no_grad()
+def test_the_output_copy_is_transposed_when_packing_is_declined():
+    model = tiny_model(seed=6)
+    src, mask = src_batch(random_ids([4, 2], model.cfg.src_vocab_size, seed=7))
+    tgt = torch.tensor(random_ids([5, 5], model.cfg.tgt_vocab_size, seed=8))  # (B, T)
+    plain = model(src, mask, tgt)  # (B, T, V)
+    model.fast_output(pack=False)  # decided when asked, not at the first projection (benchmarks rely on it)
+    torch.testing.assert_close(model(src, mask, tgt), plain, atol=1e-6, rtol=1e-6)
+    copy_ = model._output_copy[1]
+    assert isinstance(copy_, torch.Tensor) and copy_.shape == (model.cfg.d_model, model.cfg.tgt_vocab_size)
 
 
 @torch.no_grad()

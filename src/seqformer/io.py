@@ -33,6 +33,7 @@ from seqformer.config import (
 )
 from seqformer.data.tokenizer import Tokenizer
 from seqformer.errors import ConfigError, ModelDirError
+from seqformer.model.packed import PackedLinear
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -141,6 +142,8 @@ def export_state(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str
 
 def import_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
     """Load tensors saved by :func:`export_state`, filling tied aliases; any mismatch is an error."""
+    if any(isinstance(m, PackedLinear) for m in model.modules()):  # its state_dict() values are copies
+        raise ValueError("import_state: the model has packed (inference) layers; load into a plain model, then pack")
     expected = export_state(model)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))

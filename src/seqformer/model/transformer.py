@@ -79,7 +79,7 @@ class Seq2SeqTransformer(nn.Module):
         self.decoder = Decoder(cfg, tgt_embed)
         self.output = None if cfg.tie_output else nn.Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False)
         self.final_logits_bias = nn.Parameter(torch.zeros(cfg.tgt_vocab_size)) if cfg.final_logits_bias else None
-        self.fast_output_on = False  # see fast_output()
+        self.fast_output_on, self._pack_output = False, False  # see fast_output()
         self._output_copy: tuple[tuple, nn.Module | Tensor] | None = None  # (weight's identity, its fast copy)
         self._init_weights()
 
@@ -110,21 +110,23 @@ class Seq2SeqTransformer(nn.Module):
             self.output = nn.Linear(self.cfg.d_model, self.cfg.tgt_vocab_size, bias=False)
             self.output.weight = nn.Parameter(self.decoder.embed.weight.detach().clone())
 
-    def fast_output(self, on: bool = True) -> None:
+    def fast_output(self, on: bool = True, pack: bool | None = None) -> None:
         """Project onto the vocabulary, when not training, through a copy of the output weight laid
-        out for speed (same values): prepacked for oneDNN where PyTorch has it
-        (:mod:`seqformer.model.packed`), else a contiguous (D, V) copy, which MKL multiplies faster
+        out for speed (same values): prepacked for oneDNN (``pack``; default: where PyTorch has it,
+        :mod:`seqformer.model.packed`), else a contiguous (D, V) copy, which MKL multiplies faster
         than linear() does the (V, D) weight. This projection is a large share of each decoding step.
-        The copy is remade whenever the weight changes, moves or is cast, and is not in state_dict().
-        An output layer that is already packed or int8 is used as it is."""
+        The copy is made at the first projection and remade whenever the weight changes, moves or is
+        cast; it is not in state_dict(). An output layer already packed or int8 is used as it is."""
         self.fast_output_on = on
+        self._pack_output = packing_available() if pack is None else pack
         self._output_copy = None
 
     def _fast_project(self, hidden: Tensor) -> Tensor:
+        """hidden (..., D) times the output weight's fast copy, made or remade here: (..., V)."""
         w = self.output_weight  # (V, D)
         key = (w._version, w.data_ptr(), w.dtype, w.device)
         if self._output_copy is None or self._output_copy[0] != key:
-            packable = w.dtype == torch.float32 and w.device.type == "cpu" and packing_available()
+            packable = self._pack_output and w.dtype == torch.float32 and w.device.type == "cpu"
             self._output_copy = (key, PackedLinear(w).eval() if packable else w.detach().t().contiguous())
         copy = self._output_copy[1]
         return copy(hidden) if isinstance(copy, PackedLinear) else hidden @ copy  # (..., V)
