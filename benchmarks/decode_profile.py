@@ -1,0 +1,79 @@
+"""Where a beam-search step's time goes: torch.profiler over seqformer fp32 decoding, grouped.
+
+    python benchmarks/decode_profile.py                 # OPUS-MT's shape, random weights (decode_speed.py's model)
+    python benchmarks/decode_profile.py --seqformer-model src/seqformer/models/en-fr --src FILE
+
+Translates --sentences sentences (beam 4, batch 32, 2 threads) once unprofiled (wall time) and once
+under the profiler, and prints each group's share of the operators' own CPU time: linear products
+(the projections and the output layer), attention products (the batched products over the cache),
+search (log-softmax, top-k, reordering) and the rest. The profiler's total falls short of the wall
+time by what no operator accounts for (Python between operators, the profiler's own cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from decode_speed import prepare_model, read_sentences
+from torch.profiler import ProfilerActivity, profile
+
+from seqformer.translator import Translator
+
+GROUPS = {
+    "linear products": ("mkldnn::_linear_pointwise", "aten::addmm", "aten::mm", "quantized::linear_dynamic"),
+    "attention products": ("aten::bmm",),
+    "search": ("aten::topk", "aten::_log_softmax", "aten::sort", "aten::index", "aten::index_select",
+               "aten::_index_put_impl_", "aten::gather"),
+}
+
+
+def group_of(name: str) -> str:
+    return next((g for g, names in GROUPS.items() if name in names), "rest")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seqformer-model", help="a seqformer model directory (default: decode_speed.py's random model)")
+    ap.add_argument("--marian-dir", help="a local Hugging Face Marian directory")
+    ap.add_argument("--src", help="source sentences, one per line (default: generated)")
+    ap.add_argument("--sentences", type=int, default=64)
+    ap.add_argument("--beam", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-len", type=int, default=64)
+    ap.add_argument("--quantize", choices=("none", "int8"), default="none")
+    ap.add_argument("--workdir", help="keep the generated model here (default: a temporary directory)")
+    args = ap.parse_args()
+    args.small, args.ref = False, None
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="seqformer-profile-") as tmp:
+        workdir = Path(args.workdir or tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        path, _ = prepare_model(args, workdir)
+        texts, _ = read_sentences(args)
+        translator = Translator.load(path, quantize=None if args.quantize == "none" else args.quantize)
+        opts = dict(beam_size=args.beam, batch_size=args.batch, max_len_a=0.0, max_len_b=args.max_len, split=False)
+        translator.translate_nbest(texts[: args.batch], **opts)  # warm-up
+        start = time.perf_counter()
+        translator.translate_nbest(texts, **opts)
+        wall = time.perf_counter() - start
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            translator.translate_nbest(texts, **opts)
+    spent: dict[str, float] = defaultdict(float)
+    for event in prof.key_averages():
+        spent[group_of(event.key)] += event.self_cpu_time_total / 1e6
+    total = sum(spent.values())
+    print(f"model {path}: {len(texts)} sentences, beam {args.beam}, batch {args.batch}, {args.threads} threads, "
+          f"quantize={args.quantize}")
+    print(f"wall time unprofiled {wall:.2f} s; operators' own CPU time under the profiler {total:.2f} s")
+    for group in (*GROUPS, "rest"):
+        print(f"{group:<20}{spent[group]:>8.2f} s{spent[group] / total:>8.1%}")
+
+
+if __name__ == "__main__":
+    main()
