@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -132,3 +133,15 @@ def test_the_time_limit_is_rank_zeros_clock():
         assert Trainer.done(trainer) is False
     rank0 = SimpleNamespace(cfg=cfg, state=TrainState(elapsed_s=60.0), dist=Dist(rank=0, world_size=2), stop_signal=None)
     assert Trainer.done(rank0) is True
+
+
+def test_wrapping_for_several_processes_warns_of_nothing(tmp_path):
+    """DDP's old buffer flag draws a FutureWarning on every rank in PyTorch >= 2.13: users saw it twice."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            wrapped = Dist(rank=0, world_size=2).wrap(torch.nn.Linear(2, 2))  # wrap() asks only "several?"
+        assert isinstance(wrapped, torch.nn.parallel.DistributedDataParallel)
+    finally:
+        dist.destroy_process_group()

@@ -8,6 +8,7 @@ RANK, LOCAL_RANK and WORLD_SIZE; NCCL is used on GPUs, gloo on CPU.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Callable
@@ -97,9 +98,12 @@ class Dist:
         if not self.active:
             return module
         ids = [self.device.index] if self.device.type == "cuda" else None
-        # No buffer broadcast: the model's only buffers are constant tables (no batch-norm statistics).
-        return nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False,
-                                                   gradient_as_bucket_view=True)
+        # No buffer sync in forward: the model's only buffers are constant tables (no batch-norm statistics).
+        # PyTorch >= 2.13 names it forward_sync_buffers and warns (on every rank) about the old name.
+        ddp = nn.parallel.DistributedDataParallel
+        new_name = "forward_sync_buffers" in inspect.signature(ddp).parameters
+        no_sync = {"forward_sync_buffers": False} if new_name else {"broadcast_buffers": False}
+        return ddp(module, device_ids=ids, gradient_as_bucket_view=True, **no_sync)
 
     def no_sync(self, module: nn.Module, skip: bool):
         """Skip the gradient all-reduce (for all but the last accumulated micro-batch)."""
