@@ -6,8 +6,9 @@
 Translates --sentences sentences (beam 4, batch 32, 2 threads) once unprofiled (wall time) and once
 under the profiler, and prints each group's share of the operators' own CPU time: linear products
 (the projections and the output layer), attention products (the batched products over the cache),
-search (log-softmax, top-k, reordering) and the rest. The profiler's total falls short of the wall
-time by what no operator accounts for (Python between operators, the profiler's own cost).
+search (log-softmax, top-k, reordering; index_select also counts the embedding lookups) and the
+rest. The wall time minus the operators' total is a lower bound on the time no operator accounts for
+(Python between operators, tokenization): the profiler's own cost inflates the operators' times.
 """
 
 from __future__ import annotations

@@ -6,9 +6,11 @@
 Runs ``seqformer train`` twice on the recipe for --steps updates: once as one process with --cores
 threads and the recipe's --max-tokens, once under torchrun as --cores processes of one thread each
 (DistributedDataParallel over gloo) with max_tokens / cores each, so that every update sees about the
-same number of tokens. Seconds per update come from each run's own log (``elapsed_s`` between the
-first and the last logged update, so start-up and the tokenizer are left out). No validation, no
-checkpoints. Needs the recipe's data (recipes/tatoeba_split.py for the default).
+same number of tokens (both printed: the mean over the timed updates). Seconds per update come from
+each run's own log, every update logged (``elapsed_s`` from update --skip to the last, so start-up,
+the tokenizer and the first updates are left out). The runs follow one another, so drift of the
+machine's speed between them is not averaged out. Only the untimed final validation (loss only) and
+save happen. Needs the recipe's data (recipes/tatoeba_split.py for the default).
 """
 
 from __future__ import annotations
@@ -21,26 +23,28 @@ import sys
 from pathlib import Path
 
 
-def seconds_per_update(run: Path) -> tuple[float, int]:
-    """(seconds per update between the first and last logged updates, tokens per update) from a run's log."""
+def seconds_per_update(run: Path, skip: int) -> tuple[float, float]:
+    """(seconds per update, mean tokens per update) over the logged updates after the first ``skip``."""
     rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "elapsed_s" in r and "step" in r]
+    rows = [r for r in rows if "elapsed_s" in r and r.get("step", 0) >= skip]  # update rows (validation has none)
+    if len(rows) < 2:
+        raise SystemExit(f"train_processes: {run}: fewer than 2 logged updates after update {skip}")
     first, last = rows[0], rows[-1]
-    tokens = sum(r["tokens"] for r in rows[1:]) / len(rows[1:])
-    return (last["elapsed_s"] - first["elapsed_s"]) / (last["step"] - first["step"]), round(tokens)
+    tokens = sum(r["tokens"] for r in rows[1:]) / len(rows[1:])  # the updates inside the timed window
+    return (last["elapsed_s"] - first["elapsed_s"]) / (last["step"] - first["step"]), tokens
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="recipes/tatoeba-en-fr-40min.json")
     ap.add_argument("--steps", type=int, default=80)
-    ap.add_argument("--log-every", type=int, default=20)
+    ap.add_argument("--skip", type=int, default=20, help="updates left out of the timing at the start")
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--workdir", default="work/bench-processes")
     args = ap.parse_args()
     recipe = json.loads(Path(args.config).read_text())["train"]
     max_tokens = recipe.get("max_tokens", 4096)
-    common = ["train", "--config", args.config, "--max-steps", str(args.steps), "--log-every", str(args.log_every),
+    common = ["train", "--config", args.config, "--max-steps", str(args.steps), "--log-every", "1",
               "--valid-every", str(10 * args.steps), "--save-every", str(10 * args.steps), "--max-minutes", "0",
               "--valid-bleu-lines", "0", "--cooldown-steps", "0",
               "--quiet"]
@@ -56,11 +60,11 @@ def main() -> None:
         out = Path(args.workdir) / f"run{i}"
         shutil.rmtree(out, ignore_errors=True)
         subprocess.run([*cmd, "--out", str(out)], check=True)
-        results[name] = seconds_per_update(out)
-        print(f"{name}: {results[name][0]:.2f} s per update, ~{results[name][1]} tokens per update", flush=True)
+        results[name] = seconds_per_update(out, args.skip)
+        print(f"{name}: {results[name][0]:.2f} s per update, {results[name][1]:.0f} tokens per update", flush=True)
     (one, _), (many, _) = results.values()
     print(f"{args.cores} processes x 1 thread: {one / many:.2f}x the updates per second of 1 process x "
-          f"{args.cores} threads ({args.config}, updates {args.log_every}..{args.steps})")
+          f"{args.cores} threads ({args.config}, updates {args.skip}..{args.steps})")
 
 
 if __name__ == "__main__":

@@ -135,6 +135,7 @@ def test_the_time_limit_is_rank_zeros_clock():
     assert Trainer.done(rank0) is True
 
 
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
 def test_wrapping_for_several_processes_warns_of_nothing(tmp_path):
     """DDP's old buffer flag draws a FutureWarning on every rank in PyTorch >= 2.13: users saw it twice."""
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)

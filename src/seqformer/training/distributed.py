@@ -99,7 +99,8 @@ class Dist:
             return module
         ids = [self.device.index] if self.device.type == "cuda" else None
         # No buffer sync in forward: the model's only buffers are constant tables (no batch-norm statistics).
-        # PyTorch >= 2.13 names it forward_sync_buffers and warns (on every rank) about the old name.
+        # PyTorch >= 2.13 names it forward_sync_buffers and warns (on every rank) about the old name; the
+        # new flag still broadcasts buffers once at the start, harmless for tables equal on every rank.
         ddp = nn.parallel.DistributedDataParallel
         new_name = "forward_sync_buffers" in inspect.signature(ddp).parameters
         no_sync = {"forward_sync_buffers": False} if new_name else {"broadcast_buffers": False}
