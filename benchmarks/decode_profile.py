@@ -14,13 +14,11 @@ rest. The wall time minus the operators' total is a lower bound on the time no o
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import torch
-from decode_speed import prepare_model, read_sentences
+from decode_speed import add_model_options, benchmark_workdir, prepare_model, read_sentences, search_options
 from torch.profiler import ProfilerActivity, profile
 
 from seqformer.translator import Translator
@@ -39,26 +37,15 @@ def group_of(name: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seqformer-model", help="a seqformer model directory (default: decode_speed.py's random model)")
-    ap.add_argument("--marian-dir", help="a local Hugging Face Marian directory")
-    ap.add_argument("--src", help="source sentences, one per line (default: generated)")
-    ap.add_argument("--sentences", type=int, default=64)
-    ap.add_argument("--beam", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--max-len", type=int, default=64)
+    add_model_options(ap, sentences=64)
     ap.add_argument("--quantize", choices=("none", "int8"), default="none")
-    ap.add_argument("--workdir", help="keep the generated model here (default: a temporary directory)")
     args = ap.parse_args()
-    args.small, args.ref = False, None
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory(prefix="seqformer-profile-") as tmp:
-        workdir = Path(args.workdir or tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
+    with benchmark_workdir(args, "seqformer-profile-") as workdir:
         path, _ = prepare_model(args, workdir)
         texts, _ = read_sentences(args)
         translator = Translator.load(path, quantize=None if args.quantize == "none" else args.quantize)
-        opts = dict(beam_size=args.beam, batch_size=args.batch, max_len_a=0.0, max_len_b=args.max_len, split=False)
+        opts = search_options(args)
         translator.translate_nbest(texts[: args.batch], **opts)  # warm-up
         start = time.perf_counter()
         translator.translate_nbest(texts, **opts)

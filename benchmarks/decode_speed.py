@@ -26,6 +26,7 @@ Needs the dev and bench extras: pip install -e '.[dev,bench]' (transformers, ctr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,24 +43,44 @@ sys.path.insert(0, str(ROOT / "tests"))  # marian_fixture: random Marian directo
 ENGINES = ("seqformer-fp32", "seqformer-int8", "hf", "ct2-float32", "ct2-int8")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_model_options(p: argparse.ArgumentParser, sentences: int) -> None:
+    """The model, sentence and search options of the decoding benchmarks (also decode_profile.py and
+    packed_linear.py), read by :func:`prepare_model`, :func:`read_sentences` and :func:`search_options`."""
     p.add_argument("--marian-dir", help="a local Hugging Face Marian directory to benchmark")
-    p.add_argument("--seqformer-model", help="a seqformer model directory (seqformer engines only)")
+    p.add_argument("--seqformer-model", help="a seqformer model directory (in decode_speed.py: seqformer engines only)")
     p.add_argument("--src", help="source sentences, one per line (default: generated)")
-    p.add_argument("--ref", help="reference translations, line-aligned with --src, for BLEU")
-    p.add_argument("--sentences", type=int, default=512, help="number of sentences (default 512)")
+    p.add_argument("--sentences", type=int, default=sentences, help=f"number of sentences (default {sentences})")
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-len", type=int, default=64, help="maximum target tokens per sentence")
     p.add_argument("--small", action="store_true", help="a tiny random model (smoke test)")
+    p.add_argument("--workdir", help="keep the generated model (and outputs) here (default: a temporary directory)")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_model_options(p, sentences=512)
+    p.add_argument("--ref", help="reference translations, line-aligned with --src, for BLEU")
     p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of " + ",".join(ENGINES))
-    p.add_argument("--workdir", help="keep the generated model and outputs here (default: a temporary directory)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--job", help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+@contextlib.contextmanager
+def benchmark_workdir(args: argparse.Namespace, prefix: str) -> Iterator[Path]:
+    """--workdir, or a temporary directory removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        workdir = Path(args.workdir or tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        yield workdir
+
+
+def search_options(args: argparse.Namespace) -> dict:
+    """The Translator options of the benchmarks' search: beam, batch, a fixed length limit, no splitting."""
+    return dict(beam_size=args.beam, batch_size=args.batch, max_len_a=0.0, max_len_b=args.max_len, split=False)
 
 
 # --------------------------------------------------------------------------- workers (one per subprocess)
@@ -211,7 +233,8 @@ def prepare_model(args: argparse.Namespace, workdir: Path) -> tuple[str, bool]:
 def read_sentences(args: argparse.Namespace) -> tuple[list[str], list[str] | None]:
     if args.src:
         src = Path(args.src).read_text(encoding="utf-8").splitlines()[: args.sentences]
-        ref = Path(args.ref).read_text(encoding="utf-8").splitlines()[: len(src)] if args.ref else None
+        ref_file = getattr(args, "ref", None)  # only decode_speed.py has --ref
+        ref = Path(ref_file).read_text(encoding="utf-8").splitlines()[: len(src)] if ref_file else None
         return src, ref
     from marian_fixture import SRC_WORDS, sentences
 
@@ -255,9 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker(args.worker, args.job)
         return 0
-    with tempfile.TemporaryDirectory(prefix="seqformer-bench-") as tmp:
-        workdir = Path(args.workdir or tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
+    with benchmark_workdir(args, "seqformer-bench-") as workdir:
         model, is_marian = prepare_model(args, workdir)
         texts, refs = read_sentences(args)
         texts = sorted(texts, key=len)  # the same length-sorted batches for every engine

@@ -12,12 +12,10 @@ the totals (plain / packed: above 1 means packing is faster) and whether the out
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 import torch
-from decode_speed import prepare_model, read_sentences
+from decode_speed import add_model_options, benchmark_workdir, prepare_model, read_sentences, search_options
 
 import seqformer.model.packed as packed
 import seqformer.model.transformer as transformer
@@ -39,28 +37,17 @@ def load_plain(path: str) -> Translator:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seqformer-model", help="a seqformer model directory (default: decode_speed.py's random model)")
-    ap.add_argument("--marian-dir", help="a local Hugging Face Marian directory")
-    ap.add_argument("--src", help="source sentences, one per line (default: generated)")
-    ap.add_argument("--sentences", type=int, default=128)
+    add_model_options(ap, sentences=128)
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--beam", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--max-len", type=int, default=64)
-    ap.add_argument("--workdir", help="keep the generated model here (default: a temporary directory)")
     args = ap.parse_args()
-    args.small, args.ref = False, None
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory(prefix="seqformer-packed-") as tmp:
-        workdir = Path(args.workdir or tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
+    with benchmark_workdir(args, "seqformer-packed-") as workdir:
         path, _ = prepare_model(args, workdir)
         texts, _ = read_sentences(args)
         engines = {"plain": load_plain(path), "packed": Translator.load(path)}
         if not packed.packing_available():
             raise SystemExit("packed_linear: this PyTorch has no oneDNN packing; nothing to compare")
-        opts = dict(beam_size=args.beam, batch_size=args.batch, max_len_a=0.0, max_len_b=args.max_len, split=False)
+        opts = search_options(args)
         for t in engines.values():
             t.translate_nbest(texts[: args.batch], **opts)  # warm-up
         seconds: dict[str, list[float]] = {name: [] for name in engines}
