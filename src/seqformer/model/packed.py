@@ -87,6 +87,11 @@ def _pack(weight: Tensor) -> Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().float().contiguous(), None)
 
 
+def packable(weight: Tensor) -> bool:
+    """Whether ``weight`` is one oneDNN's fp32 packing takes: float32, on the CPU."""
+    return weight.dtype == torch.float32 and weight.device.type == "cpu"
+
+
 @functools.cache
 def packing_available() -> bool:
     """Whether this PyTorch can prepack fp32 linear weights for oneDNN, and gets them right."""
@@ -114,7 +119,7 @@ def pack_linears(model: nn.Module) -> int:
         (parent, name, child)
         for parent in model.modules()
         for name, child in parent.named_children()
-        if type(child) is nn.Linear and child.weight.dtype == torch.float32 and child.weight.device.type == "cpu"
+        if type(child) is nn.Linear and packable(child.weight)
     ]
     for parent, name, child in targets:
         setattr(parent, name, PackedLinear(child.weight, child.bias).eval())

@@ -10,7 +10,7 @@ from seqformer.config import ModelConfig
 from seqformer.decoding.cache import DecoderCache
 from seqformer.model.embeddings import PositionalEncoding, TokenEmbedding
 from seqformer.model.layers import DecoderLayer, EncoderLayer
-from seqformer.model.packed import PackedLinear, packing_available
+from seqformer.model.packed import PackedLinear, packable, packing_available
 
 
 class Encoder(nn.Module):
@@ -126,8 +126,8 @@ class Seq2SeqTransformer(nn.Module):
         w = self.output_weight  # (V, D)
         key = (w._version, w.data_ptr(), w.dtype, w.device)
         if self._output_copy is None or self._output_copy[0] != key:
-            packable = self._pack_output and w.dtype == torch.float32 and w.device.type == "cpu"
-            self._output_copy = (key, PackedLinear(w).eval() if packable else w.detach().t().contiguous())
+            pack = self._pack_output and packable(w)
+            self._output_copy = (key, PackedLinear(w).eval() if pack else w.detach().t().contiguous())
         copy = self._output_copy[1]
         return copy(hidden) if isinstance(copy, PackedLinear) else hidden @ copy  # (..., V)
 
