@@ -126,16 +126,21 @@ def test_a_packed_model_decodes_like_the_plain_one(variant):
     assert copy_ is None if packed.output is not None else isinstance(copy_[1], PackedLinear)
 
 
-@torch.no_grad()
-def test_the_output_copy_is_transposed_when_packing_is_declined():
-    model = tiny_model(seed=6)
+def _assert_fast_output_is_a_transposed_copy(model, **fast_output_options) -> None:
+    """fast_output(**options) gives the plain logits through a (D, V) tensor copy, not a packed one."""
     src, mask = src_batch(random_ids([4, 2], model.cfg.src_vocab_size, seed=7))
     tgt = torch.tensor(random_ids([5, 5], model.cfg.tgt_vocab_size, seed=8))  # (B, T)
     plain = model(src, mask, tgt)  # (B, T, V)
-    model.fast_output(pack=False)  # decided when asked, not at the first projection (benchmarks rely on it)
+    model.fast_output(**fast_output_options)
     torch.testing.assert_close(model(src, mask, tgt), plain, atol=1e-6, rtol=1e-6)
     copy_ = model._output_copy[1]
     assert isinstance(copy_, torch.Tensor) and copy_.shape == (model.cfg.d_model, model.cfg.tgt_vocab_size)
+
+
+@torch.no_grad()
+def test_the_output_copy_is_transposed_when_packing_is_declined():
+    # decided when asked, not at the first projection (benchmarks rely on it)
+    _assert_fast_output_is_a_transposed_copy(tiny_model(seed=6), pack=False)
 
 
 @torch.no_grad()
@@ -145,10 +150,4 @@ def test_without_onednn_nothing_is_packed_and_the_output_copy_is_transposed(monk
     model = tiny_model(seed=6)
     before = [type(m) for m in model.modules()]
     assert pack_linears(model) == 0 and [type(m) for m in model.modules()] == before
-    src, mask = src_batch(random_ids([4, 2], model.cfg.src_vocab_size, seed=7))
-    tgt = torch.tensor(random_ids([5, 5], model.cfg.tgt_vocab_size, seed=8))  # (B, T)
-    plain = model(src, mask, tgt)  # (B, T, V)
-    model.fast_output()
-    torch.testing.assert_close(model(src, mask, tgt), plain, atol=1e-6, rtol=1e-6)
-    copy_ = model._output_copy[1]
-    assert isinstance(copy_, torch.Tensor) and copy_.shape == (model.cfg.d_model, model.cfg.tgt_vocab_size)
+    _assert_fast_output_is_a_transposed_copy(model)
