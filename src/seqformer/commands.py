@@ -121,6 +121,11 @@ def _arriving_lines(fd: int) -> Iterator[tuple[bytes, bool]]:
         yield bytes(pending), False
 
 
+# An --input file is translated this many batches at a time: sorted by length across them (less padding),
+# and enough batches for --streams to decode at once.
+INPUT_CHUNK_BATCHES = 16
+
+
 def _chunks(args: argparse.Namespace, batch_size: int) -> Iterator[list[str]]:
     """Inputs in chunks: TEXT arguments, the --input file, or stdin as it arrives.
 
@@ -132,8 +137,9 @@ def _chunks(args: argparse.Namespace, batch_size: int) -> Iterator[list[str]]:
         return
     if args.input:
         lines = read_lines(Path(args.input))
-        for i in range(0, len(lines), batch_size):
-            yield lines[i : i + batch_size]
+        size = batch_size * INPUT_CHUNK_BATCHES
+        for i in range(0, len(lines), size):
+            yield lines[i : i + size]
         return
     if sys.stdin is None:  # file descriptor 0 closed (cron, some service managers)
         raise DataError("nothing to translate: no TEXT, no --input, and stdin is closed")

@@ -210,6 +210,10 @@ class DecodeConfig:
     top_k: int = 0
     top_p: float = 1.0
     batch_size: int = 32
+    # batches decoded at once (at most one per CPU thread), each on its own thread with 1/streams of PyTorch's
+    # CPU threads, as CTranslate2's inter_threads: small per-step products use one thread each better than two.
+    # Same hypotheses as one stream, up to the rounding of products split over fewer threads
+    streams: int = 1
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -227,6 +231,7 @@ class DecodeConfig:
         _check(0 <= self.max_len_a < math.inf and self.max_len_b >= 1,
                f"max_len_a must be a number >= 0 and max_len_b >= 1, found {self.max_len_a} and {self.max_len_b}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, found {self.batch_size}")
+        _check(self.streams >= 1, f"streams must be >= 1, found {self.streams}")
         if not self.sampling:  # they would be ignored: the search is greedy or beam search
             set_ = [f"{k}={getattr(self, k)}" for k in sampling_options_given(self)]
             _check(not set_, f"sampling options given without sampling ({', '.join(set_)}): turn it on (--sampling) "

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import warnings
+from collections.abc import Iterator
 
 import torch
 
@@ -26,3 +29,20 @@ def set_threads(n: int, name: str = "--threads") -> None:
         n = most
     if n:
         torch.set_num_threads(n)
+
+
+_SPLIT = threading.Lock()
+
+
+@contextlib.contextmanager
+def split_threads(parts: int) -> Iterator[None]:
+    """For the duration, give each of ``parts`` threads running PyTorch at once an equal share of its CPU
+    threads (at least one), restoring the number afterwards. PyTorch's setting is process-wide, so callers
+    from other threads wait for the one inside (their own shares would overwrite each other's)."""
+    with _SPLIT:
+        n = torch.get_num_threads()
+        torch.set_num_threads(max(1, n // parts))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(n)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from seqformer.model.packed import pack_linears
 from seqformer.model.transformer import Seq2SeqTransformer
 from seqformer.passthrough import Held, hold_out, put_back
 from seqformer.segment import join_pieces, split_sentences
+from seqformer.threads import split_threads
 
 
 @dataclass
@@ -150,16 +154,39 @@ class Translator:
         # leave the model a bare </s> to invent a sentence from
         content = [len(seq) - bool(self.tokenizer.split_lang_tag(t)[0]) for t, seq in zip(texts, ids)]
         order = sorted(range(len(texts)), key=lambda i: -len(src[i]))
+        chunks = [[i for i in order[start : start + cfg.batch_size] if content[i] > 0]
+                  for start in range(0, len(order), cfg.batch_size)]
+        chunks = [chunk for chunk in chunks if chunk]
         out: list[list[Translation]] = [[] for _ in texts]
-        for start in range(0, len(order), cfg.batch_size):
-            chunk = [i for i in order[start : start + cfg.batch_size] if content[i] > 0]
-            if not chunk:
-                continue
-            batch = pad([src[i] for i in chunk], self.model.cfg.pad_id)  # (B, S)
-            hyps = generate(self.model, batch, batch.eq(self.model.cfg.pad_id), cfg, need_attention)
-            for i, nbest in zip(chunk, hyps):
-                out[i] = [self._to_translation(h, src[i], need_attention, per_head) for h in nbest]
+        decoded = self._decode_batches([[src[i] for i in chunk] for chunk in chunks], cfg, need_attention)
+        with contextlib.closing(decoded):  # an error here stops the streams at once
+            for chunk, hyps in zip(chunks, decoded):
+                for i, nbest in zip(chunk, hyps):
+                    out[i] = [self._to_translation(h, src[i], need_attention, per_head) for h in nbest]
         return out
+
+    def _decode_batches(self, batches: list[list[list[int]]], cfg: DecodeConfig,
+                        need_attention: bool) -> Iterator[list[list[Hypothesis]]]:
+        """Each batch's n-best hypotheses, in order, as they are ready: one batch after another, or
+        ``cfg.streams`` at a time (at most one per CPU thread) on as many threads sharing PyTorch's CPU
+        threads. Batches do not interact and seeded sampling draws from per-sentence generators, so the
+        hypotheses are those of one stream, up to the rounding of products split over fewer threads."""
+        pad_id = self.model.cfg.pad_id
+
+        def decode(seqs: list[list[int]]) -> list[list[Hypothesis]]:
+            batch = pad(seqs, pad_id)  # (B, S)
+            return generate(self.model, batch, batch.eq(pad_id), cfg, need_attention)
+
+        streams = min(cfg.streams, len(batches), torch.get_num_threads())
+        if streams <= 1:
+            yield from map(decode, batches)
+            return
+        with split_threads(streams):  # restored once the pool has stopped
+            pool = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="seqformer-stream")
+            try:
+                yield from pool.map(decode, batches)  # the pool hands each free thread the next batch
+            finally:
+                pool.shutdown(cancel_futures=True)  # after an error, batches not yet started are dropped
 
     def _warn_unknown(self, texts: list[str], ids: list[list[int]]) -> None:
         """One warning per call naming the characters that reach the model as <unk> (and so are lost)."""

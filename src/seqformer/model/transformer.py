@@ -125,7 +125,8 @@ class Seq2SeqTransformer(nn.Module):
         """hidden (..., D) times the output weight's fast copy, made or remade here: (..., V)."""
         w = self.output_weight  # (V, D)
         key = (w._version, w.data_ptr(), w.dtype, w.device)
-        if self._output_copy is None or self._output_copy[0] != key:
+        if self._output_copy is None or self._output_copy[0] != key:  # threads decoding at once may each make
+            # one at the first projection: equal copies, the last one is kept
             pack = self._pack_output and packable(w)
             self._output_copy = (key, PackedLinear(w).eval() if pack else w.detach().t().contiguous())
         copy = self._output_copy[1]
