@@ -9,6 +9,10 @@ translates the same sentences (default: 512 built from a word list, so no data f
   seqformer-fp32, seqformer-int8 (dynamic int8 linear layers), hf (MarianMTModel.generate),
   ct2-float32, ct2-int8 (CTranslate2, converted from the Marian directory with its converter API).
 
+With --streams N every engine decodes N batches at once, each on threads/N CPU threads: seqformer with its
+``streams`` option, CTranslate2 with inter_threads=N (the batches submitted asynchronously), Hugging Face
+through a pool of N Python threads written here (generate() has no such option).
+
 Every engine runs in its own subprocess, so each peak RSS is its own (model load included).
 All engines use the same search: beam 4, length penalty 1.0, stop when 4 hypotheses have ended,
 <pad> never generated (CTranslate2: its own handling), at most --max-len tokens (HF gets seqformer's length limit through a
@@ -34,7 +38,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +58,8 @@ def add_model_options(p: argparse.ArgumentParser, sentences: int) -> None:
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--streams", type=int, default=1, help="batches decoded at once, each on threads/streams threads "
+                   "(seqformer: streams=; CTranslate2: inter_threads; Hugging Face: a thread pool written here)")
     p.add_argument("--max-len", type=int, default=64, help="maximum target tokens per sentence")
     p.add_argument("--small", action="store_true", help="a tiny random model (smoke test)")
     p.add_argument("--workdir", help="keep the generated model (and outputs) here (default: a temporary directory)")
@@ -80,7 +87,37 @@ def benchmark_workdir(args: argparse.Namespace, prefix: str) -> Iterator[Path]:
 
 def search_options(args: argparse.Namespace) -> dict:
     """The Translator options of the benchmarks' search: beam, batch, a fixed length limit, no splitting."""
-    return dict(beam_size=args.beam, batch_size=args.batch, max_len_a=0.0, max_len_b=args.max_len, split=False)
+    return dict(beam_size=args.beam, batch_size=args.batch, max_len_a=0.0, max_len_b=args.max_len, split=False,
+                streams=args.streams)
+
+
+def alternating_rounds(runs: dict[str, Callable[[], list[list[str]]]],
+                       rounds: int) -> tuple[dict[str, list[float]], dict[str, list[list[str]]]]:
+    """Time two runs (each returning one token list per sentence) in alternating rounds of one process, the
+    first one first in odd rounds and second in even ones, so that a machine whose speed drifts over minutes
+    (this shared one does) slows both alike: the seconds of every round, and each run's last outputs."""
+    names = list(runs)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    outputs: dict[str, list[list[str]]] = {}
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            start = time.perf_counter()
+            outputs[name] = runs[name]()
+            seconds[name].append(time.perf_counter() - start)
+    return seconds, outputs
+
+
+def report_rounds(seconds: dict[str, list[float]], outputs: dict[str, list[list[str]]]) -> list[str]:
+    """Each run's seconds per round and tokens/s; then the second run's speed against the first's (the ratio
+    of the total seconds: above 1 means the second is faster) and the share of identical outputs."""
+    base, new = list(seconds)
+    tokens = sum(len(p) for p in outputs[base])
+    lines = [f"{name:<10} seconds per round {' '.join(f'{x:.2f}' for x in s)}   "
+             f"{tokens * len(s) / sum(s):.1f} tok/s" for name, s in seconds.items()]
+    same = sum(a == b for a, b in zip(outputs[base], outputs[new])) / len(outputs[base])
+    lines.append(f"{new} vs {base}: {sum(seconds[base]) / sum(seconds[new]):.2f}x the speed; "
+                 f"{same:.1%} of outputs identical")
+    return lines
 
 
 # --------------------------------------------------------------------------- workers (one per subprocess)
@@ -110,8 +147,9 @@ def run_seqformer(job: dict) -> dict:
     start = time.perf_counter()
     translator = Translator.load(job["model"], quantize="int8" if job["engine"].endswith("int8") else None)
     load_s = time.perf_counter() - start
-    opts = dict(beam_size=job["beam"], batch_size=job["batch"], max_len_a=0.0, max_len_b=job["max_len"])
-    translator.translate_nbest(job["texts"][: job["batch"]], split=False, **opts)  # warm-up
+    opts = dict(beam_size=job["beam"], batch_size=job["batch"], max_len_a=0.0, max_len_b=job["max_len"],
+                streams=job["streams"])
+    translator.translate_nbest(job["texts"][: job["batch"] * job["streams"]], split=False, **opts)  # warm-up
     start = time.perf_counter()
     results = translator.translate_nbest(job["texts"], split=False, **opts)
     seconds = time.perf_counter() - start
@@ -146,11 +184,18 @@ def run_hf(job: dict) -> dict:
             pieces.append(tok.convert_ids_to_tokens(row))
         return pieces, tok.batch_decode(out, skip_special_tokens=True)
 
-    translate(job["texts"][: job["batch"]])  # warm-up
+    # generate() has no streams option: with --streams, batches go to a pool of threads sharing the CPU threads
+    torch.set_num_threads(max(1, job["threads"] // job["streams"]))
+    pool = ThreadPoolExecutor(max_workers=job["streams"]) if job["streams"] > 1 else None
+
+    def run_all(texts: list[str]) -> list[tuple[list[list[str]], list[str]]]:
+        chunks = _batches(texts, job["batch"])
+        return list(pool.map(translate, chunks)) if pool else [translate(chunk) for chunk in chunks]
+
+    run_all(job["texts"][: job["batch"] * job["streams"]])  # warm-up
     start = time.perf_counter()
     pieces, texts = [], []
-    for chunk in _batches(job["texts"], job["batch"]):
-        p, t = translate(chunk)
+    for p, t in run_all(job["texts"]):
         pieces += p
         texts += t
     return dict(load_s=load_s, seconds=time.perf_counter() - start, pieces=pieces, texts=texts)
@@ -162,16 +207,24 @@ def run_ct2(job: dict) -> dict:
 
     start = time.perf_counter()
     translator = ctranslate2.Translator(job["ct2_dir"], device="cpu", compute_type=job["engine"].split("-")[1],
-                                        intra_threads=job["threads"], inter_threads=1)
+                                        intra_threads=max(1, job["threads"] // job["streams"]),
+                                        inter_threads=job["streams"])
     detok = spm.SentencePieceProcessor(model_file=job["tgt_spm"])
     load_s = time.perf_counter() - start
     opts = dict(beam_size=job["beam"], length_penalty=1.0, max_decoding_length=job["max_len"],
                 max_batch_size=job["batch"])
-    translator.translate_batch(job["src_pieces"][: job["batch"]], **opts)  # warm-up
+    warm = [translator.translate_batch(chunk, asynchronous=True, **opts)  # warm-up, every replica
+            for chunk in _batches(job["src_pieces"][: job["batch"] * job["streams"]], job["batch"])]
+    [r.result() for chunk in warm for r in chunk]
     start = time.perf_counter()
     pieces = []
-    for chunk in _batches(job["src_pieces"], job["batch"]):
-        pieces += [r.hypotheses[0] for r in translator.translate_batch(chunk, **opts)]
+    if job["streams"] > 1:  # batches submitted at once, so that its inter_threads workers run them side by side
+        pending = [translator.translate_batch(chunk, asynchronous=True, **opts)
+                   for chunk in _batches(job["src_pieces"], job["batch"])]
+        pieces = [r.result().hypotheses[0] for chunk in pending for r in chunk]
+    else:
+        for chunk in _batches(job["src_pieces"], job["batch"]):
+            pieces += [r.hypotheses[0] for r in translator.translate_batch(chunk, **opts)]
     seconds = time.perf_counter() - start
     texts = [detok.decode_pieces([p for p in hyp if p not in ("</s>", "<unk>")]).replace("\u2581", " ").strip()
              for hyp in pieces]
@@ -285,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         from seqformer.translator import Translator
 
         tok = Translator.load(model).tokenizer
-        job = dict(model=model, texts=texts, beam=args.beam, batch=args.batch, threads=args.threads,
+        job = dict(model=model, texts=texts, beam=args.beam, batch=args.batch, threads=args.threads, streams=args.streams,
                    max_len=args.max_len, workdir=str(workdir), tgt_spm="",
                    src_pieces=[tok.src_pieces(t) + ["</s>"] for t in texts])
         engines = [e for e in args.engines.split(",") if e in ENGINES and (is_marian or e.startswith("seqformer"))]
@@ -297,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"CTranslate2 conversion failed: {err}", file=sys.stderr)
                 engines = [e for e in engines if not e.startswith("ct2")]
         print(f"model {model}: {len(texts)} sentences, beam {args.beam}, batch {args.batch}, "
-              f"{args.threads} threads, at most {args.max_len} tokens", file=sys.stderr)
+              f"{args.threads} threads, {args.streams} stream(s), at most {args.max_len} tokens", file=sys.stderr)
         results = {}
         for engine in engines:
             extra = {"ct2_dir": str(workdir / engine)} if engine.startswith("ct2") else {}

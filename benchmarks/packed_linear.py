@@ -12,10 +12,17 @@ the totals (plain / packed: above 1 means packing is faster) and whether the out
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
-from decode_speed import add_model_options, benchmark_workdir, prepare_model, read_sentences, search_options
+from decode_speed import (
+    add_model_options,
+    alternating_rounds,
+    benchmark_workdir,
+    prepare_model,
+    read_sentences,
+    report_rounds,
+    search_options,
+)
 
 import seqformer.model.packed as packed
 import seqformer.model.transformer as transformer
@@ -50,24 +57,15 @@ def main() -> None:
         opts = search_options(args)
         for t in engines.values():
             t.translate_nbest(texts[: args.batch], **opts)  # warm-up
-        seconds: dict[str, list[float]] = {name: [] for name in engines}
-        outputs: dict[str, list[list[str]]] = {}
-        for r in range(args.rounds):
-            for name in (("plain", "packed") if r % 2 == 0 else ("packed", "plain")):
-                start = time.perf_counter()
-                results = engines[name].translate_nbest(texts, **opts)
-                seconds[name].append(time.perf_counter() - start)
-                outputs[name] = [res[0].tokens if res else [] for res in results]
+
+        def run(translator: Translator):
+            return lambda: [res[0].tokens if res else [] for res in translator.translate_nbest(texts, **opts)]
+
+        seconds, outputs = alternating_rounds({name: run(t) for name, t in engines.items()}, args.rounds)
     tokens = sum(len(p) for p in outputs["packed"])
     print(f"model {path}: {len(texts)} sentences, beam {args.beam}, batch {args.batch}, {args.threads} threads, "
           f"{args.rounds} alternating rounds, {tokens} target tokens per round")
-    for name, s in seconds.items():
-        print(f"{name:<8} seconds per round {' '.join(f'{x:.2f}' for x in s)}   "
-              f"{tokens * len(s) / sum(s):.1f} tok/s")
-    same = sum(a == b for a, b in zip(outputs["plain"], outputs["packed"])) / len(texts)
-    print(f"packed vs plain: {sum(seconds['plain']) / sum(seconds['packed']):.2f}x the speed; "
-          f"{same:.1%} of outputs identical")
-
+    print("\n".join(report_rounds(seconds, outputs)))
 
 if __name__ == "__main__":
     main()
