@@ -10,6 +10,12 @@ best checkpoint and averages of its last checkpoints on val, and score test_2016
   tokenized for the target language (sacremoses, no escaping, no aggressive hyphen splitting), then
   corpus BLEU on those tokens (sacreBLEU ``tokenize="none"``, which is multi-bleu's arithmetic).
 * chrF (sacreBLEU defaults).
+
+With ``--paper-data`` the model is trained, chosen and tested on the papers' own preprocessing instead of
+the raw text: every side lowercased, Moses punctuation-normalized and tokenized like the paper-style BLEU
+(written once to work/multi30k-lctok/, then read by a recipe whose train/valid point there). Its output is
+then lowercased tokenized text, so only the paper-style BLEU is reported, with chrF on the same text
+(``chrf_lc_tok``); cased sacreBLEU does not apply.
 Also prints dev BLEU against training wall time from the run's train_log.jsonl (and plots it
 to <run>/dev_bleu.png when matplotlib is installed). Needs ``pip install sacremoses``."""
 
@@ -28,6 +34,7 @@ from seqformer import Translator
 from seqformer.data.corpus import read_lines
 
 DATA = Path("../shared/data/multi30k")
+PAPER_DATA = Path("work/multi30k-lctok")  # --paper-data: derived from DATA, never committed
 
 
 def recipe_path(tgt: str) -> Path:
@@ -104,6 +111,28 @@ def scores(hyps: list[str], refs: list[str], lang: str) -> dict[str, float | str
             "sacrebleu_sig": str(cased.get_signature())}
 
 
+def paper_scores(hyps: list[str], refs: list[str], lang: str) -> dict[str, float | str]:
+    """--paper-data: the hypotheses are already lowercased tokenized text (scored as they come, as multi-bleu.perl
+    scores fairseq's output); the paper-style BLEU and chrF on that text."""
+    hyp_tok, ref_tok = [h.strip() for h in hyps], paper_tokens(refs, lang)
+    paper = BLEU(tokenize="none", force=True).corpus_score(hyp_tok, [ref_tok])
+    return {"bleu_lc_tok": round(paper.score, 2), "lc_tok_ref_len": paper.ref_len,
+            "chrf_lc_tok": round(CHRF().corpus_score(hyp_tok, [ref_tok]).score, 2)}
+
+
+def write_paper_data(tgt: str) -> None:
+    """Lowercased, normalized, tokenized copies of train and val (both sides) under PAPER_DATA."""
+    PAPER_DATA.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val"):
+        for lang in ("en", tgt):
+            out = PAPER_DATA / f"{split}.{lang}"
+            if not out.exists():
+                tmp = out.with_suffix(out.suffix + ".tmp")
+                tmp.write_text("\n".join(paper_tokens(read_lines(DATA / f"{split}.{lang}.gz"), lang)) + "\n",
+                               encoding="utf-8")
+                tmp.replace(out)
+
+
 def candidates(run: Path, averages: list[int]) -> dict[str, Path]:
     """The run's best-by-dev checkpoint and averages of its last N checkpoints."""
     found = {"best": run}
@@ -120,6 +149,8 @@ def main() -> None:
     ap.add_argument("--recipe", type=Path, help="another recipe than recipes/multi30k-en-<tgt>.json (its tgt_lang "
                     "must be --tgt)")
     ap.add_argument("--no-train", action="store_true")
+    ap.add_argument("--paper-data", action="store_true", help="train and test on lowercased, Moses-tokenized text "
+                    "as the papers do (the recipe's train/valid must point into work/multi30k-lctok/)")
     ap.add_argument("--resume", action="store_true", help="continue the recipe's stopped run (seqformer train --resume)")
     ap.add_argument("--averages", default="3,5,8", help="last-N checkpoint averages to try on val")
     ap.add_argument("--beam-size", type=int, default=4)
@@ -141,10 +172,15 @@ def main() -> None:
         plot(curves, args.curves, dashed=frozenset(dashed))
         return
     recipe = args.recipe or recipe_path(args.tgt)
-    found = json.loads(recipe.read_text())["train"].get("tgt_lang")
-    if found != args.tgt:
-        ap.error(f"{recipe}: tgt_lang is {found!r}, expected {args.tgt!r} (--tgt)")
+    train_cfg = json.loads(recipe.read_text())["train"]
+    if train_cfg.get("tgt_lang") != args.tgt:
+        ap.error(f"{recipe}: tgt_lang is {train_cfg.get('tgt_lang')!r}, expected {args.tgt!r} (--tgt)")
+    if (Path(train_cfg["train"]).parent.resolve() == PAPER_DATA.resolve()) != args.paper_data:
+        ap.error(f"{recipe}: train is {train_cfg['train']!r}: a recipe trains in {PAPER_DATA}/ exactly when "
+                 "--paper-data is given")
     run = recipe_run(recipe)
+    if args.paper_data:
+        write_paper_data(args.tgt)
     if not args.no_train:
         resume = ["--resume"] if args.resume else []
         subprocess.run([sys.executable, "-m", "seqformer", "train", "--config", str(recipe), "--quiet", *resume],
@@ -152,15 +188,19 @@ def main() -> None:
     # Choose on val (the dev set), then score test_2016_flickr once, with the chosen model only.
     split = {name: (read_lines(DATA / f"{name}.en.gz"), read_lines(DATA / f"{name}.{args.tgt}.gz"))
              for name in ("val", "test_2016_flickr")}
+    score = paper_scores if args.paper_data else scores
+    if args.paper_data:  # the model reads the source as it was trained on it; references stay raw (score tokenizes)
+        split = {name: (paper_tokens(src, "en"), ref) for name, (src, ref) in split.items()}
     if args.chosen:  # already chosen on val by an earlier run of this script
         chosen, model = args.chosen, model_dir(run, args.chosen)
     else:
         on_val = {}
         for name, model in candidates(run, [int(n) for n in args.averages.split(",")]).items():
             hyps = Translator.load(model).translate(split["val"][0], beam_size=args.beam_size)
-            on_val[name] = (scores(hyps, split["val"][1], args.tgt), model)
+            on_val[name] = (score(hyps, split["val"][1], args.tgt), model)
             print(json.dumps({"split": "val", "model": name, **on_val[name][0]}), flush=True)
-        chosen = max(on_val, key=lambda name: on_val[name][0]["sacrebleu"])
+        key = "bleu_lc_tok" if args.paper_data else "sacrebleu"
+        chosen = max(on_val, key=lambda name: on_val[name][0][key])
         model = on_val[chosen][1]
     translator = Translator.load(model)
     src, ref = split["test_2016_flickr"]
@@ -168,7 +208,7 @@ def main() -> None:
     hyps = translator.translate(src, beam_size=args.beam_size)
     seconds = time.perf_counter() - start
     print(json.dumps({"split": "test_2016_flickr", "pair": f"en-{args.tgt}", "model": chosen,
-                      "beam_size": args.beam_size, **scores(hyps, ref, args.tgt),
+                      "beam_size": args.beam_size, **score(hyps, ref, args.tgt),
                       "sentences_per_s": round(len(src) / seconds, 1)}))
     (run.parent / f"{run.name}.test.hyp").write_text("\n".join(hyps) + "\n", encoding="utf-8")
     points = curve(run)
