@@ -67,5 +67,6 @@ def main() -> None:
           f"{args.rounds} alternating rounds, {tokens} target tokens per round")
     print("\n".join(report_rounds(seconds, outputs)))
 
+
 if __name__ == "__main__":
     main()
