@@ -28,12 +28,12 @@ def load_split(path: Path) -> tuple[list[str], list[list[str]]]:
 
 
 def run(translator: Translator, src: list[str], refs: list[list[str]], beam: int, batch: int,
-        length_penalty: float = 1.0) -> dict:
+        length_penalty: float = 1.0, streams: int = 1) -> dict:
     start = time.perf_counter()
-    hyps = translator.translate(src, beam_size=beam, batch_size=batch, length_penalty=length_penalty)
+    hyps = translator.translate(src, beam_size=beam, batch_size=batch, length_penalty=length_penalty, streams=streams)
     seconds = time.perf_counter() - start
     result = score(hyps, ref_streams(refs))
-    result.update(beam_size=beam, length_penalty=length_penalty, seconds=round(seconds, 1),
+    result.update(beam_size=beam, length_penalty=length_penalty, streams=streams, seconds=round(seconds, 1),
                   sentences_per_s=round(len(src) / seconds, 1))
     return result
 
@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--length-penalties", default="1.0", help="comma-separated length penalties (beam search)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--streams", default="1", help="comma-separated stream counts (batches decoded at once)")
     ap.add_argument("--quantize", choices=("none", "int8"), default="none")
     ap.add_argument("--limit", type=int, default=0, help="only the first N sentences (smoke runs)")
     args = ap.parse_args()
@@ -59,7 +60,8 @@ def main() -> None:
           f"model {args.model or 'bundled'}; {args.threads} threads; quantize={args.quantize}")
     for beam in (int(b) for b in args.beams.split(",")):
         for lp in (float(x) for x in args.length_penalties.split(",")) if beam > 1 else (1.0,):
-            print(json.dumps(run(translator, src, refs, beam, args.batch_size, lp)))
+            for streams in (int(n) for n in args.streams.split(",")):
+                print(json.dumps(run(translator, src, refs, beam, args.batch_size, lp, streams)))
 
 
 if __name__ == "__main__":
