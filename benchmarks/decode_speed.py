@@ -120,6 +120,21 @@ def report_rounds(seconds: dict[str, list[float]], outputs: dict[str, list[list[
     return lines
 
 
+def compare_translators(args: argparse.Namespace, path: str, texts: list[str], runs: dict[str, tuple]) -> None:
+    """packed_linear.py and decode_streams.py: two (Translator, options) runs over ``texts``, each warmed up
+    (one batch per stream), timed in :func:`alternating_rounds` and printed by :func:`report_rounds`."""
+
+    def timed(translator, opts: dict) -> Callable[[], list[list[str]]]:
+        translator.translate_nbest(texts[: args.batch * opts.get("streams", 1)], **opts)  # warm-up
+        return lambda: [res[0].tokens if res else [] for res in translator.translate_nbest(texts, **opts)]
+
+    seconds, outputs = alternating_rounds({name: timed(*run) for name, run in runs.items()}, args.rounds)
+    tokens = sum(len(p) for p in next(iter(outputs.values())))
+    print(f"model {path}: {len(texts)} sentences, beam {args.beam}, batch {args.batch}, {args.threads} threads, "
+          f"{args.rounds} alternating rounds, {tokens} target tokens per round")
+    print("\n".join(report_rounds(seconds, outputs)))
+
+
 # --------------------------------------------------------------------------- workers (one per subprocess)
 
 

@@ -17,11 +17,10 @@ import argparse
 import torch
 from decode_speed import (
     add_model_options,
-    alternating_rounds,
     benchmark_workdir,
+    compare_translators,
     prepare_model,
     read_sentences,
-    report_rounds,
     search_options,
 )
 
@@ -38,20 +37,10 @@ def main() -> None:
     with benchmark_workdir(args, "seqformer-streams-") as workdir:
         path, _ = prepare_model(args, workdir)
         texts, _ = read_sentences(args)
-        translator = Translator.load(path)
-        opts = search_options(args)
-
-        def run(streams: int):
-            o = dict(opts, streams=streams)
-            translator.translate_nbest(texts[: args.batch * streams], **o)  # warm-up
-            return lambda: [res[0].tokens if res else [] for res in translator.translate_nbest(texts, **o)]
-
-        runs = {"1 stream": run(1), f"{args.streams} streams": run(args.streams)}
-        seconds, outputs = alternating_rounds(runs, args.rounds)
-    tokens = sum(len(p) for p in outputs["1 stream"])
-    print(f"model {path}: {len(texts)} sentences, beam {args.beam}, batch {args.batch}, {args.threads} threads, "
-          f"{args.rounds} alternating rounds, {tokens} target tokens per round")
-    print("\n".join(report_rounds(seconds, outputs)))
+        translator, opts = Translator.load(path), search_options(args)
+        runs = {"1 stream": (translator, dict(opts, streams=1)),
+                f"{args.streams} streams": (translator, dict(opts, streams=args.streams))}
+        compare_translators(args, path, texts, runs)
 
 
 if __name__ == "__main__":

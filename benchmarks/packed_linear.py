@@ -16,11 +16,10 @@ import argparse
 import torch
 from decode_speed import (
     add_model_options,
-    alternating_rounds,
     benchmark_workdir,
+    compare_translators,
     prepare_model,
     read_sentences,
-    report_rounds,
     search_options,
 )
 
@@ -55,17 +54,7 @@ def main() -> None:
         if not packed.packing_available():
             raise SystemExit("packed_linear: this PyTorch has no oneDNN packing; nothing to compare")
         opts = search_options(args)
-        for t in engines.values():
-            t.translate_nbest(texts[: args.batch], **opts)  # warm-up
-
-        def run(translator: Translator):
-            return lambda: [res[0].tokens if res else [] for res in translator.translate_nbest(texts, **opts)]
-
-        seconds, outputs = alternating_rounds({name: run(t) for name, t in engines.items()}, args.rounds)
-    tokens = sum(len(p) for p in outputs["packed"])
-    print(f"model {path}: {len(texts)} sentences, beam {args.beam}, batch {args.batch}, {args.threads} threads, "
-          f"{args.rounds} alternating rounds, {tokens} target tokens per round")
-    print("\n".join(report_rounds(seconds, outputs)))
+        compare_translators(args, path, texts, {name: (t, opts) for name, t in engines.items()})
 
 
 if __name__ == "__main__":
