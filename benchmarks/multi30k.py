@@ -100,13 +100,18 @@ def paper_tokens(lines: list[str], lang: str) -> list[str]:
     return [tok.tokenize(norm.normalize(s.lower()), escape=False, return_str=True) for s in lines]
 
 
+def paper_bleu(hyp_tok: list[str], ref_tok: list[str]) -> dict[str, float]:
+    """multi-bleu.perl's arithmetic on tokenized text: the BLEU and the reference length it counts against."""
+    paper = BLEU(tokenize="none", force=True).corpus_score(hyp_tok, [ref_tok])
+    return {"bleu_lc_tok": round(paper.score, 2),
+            "lc_tok_ref_len": paper.ref_len}  # multi-bleu's reflen: the reference tokens the papers count against
+
+
 def scores(hyps: list[str], refs: list[str], lang: str) -> dict[str, float | str]:
     """Cased detokenized sacreBLEU, the paper-style lowercased tokenized BLEU, and chrF."""
-    paper = BLEU(tokenize="none", force=True).corpus_score(paper_tokens(hyps, lang), [paper_tokens(refs, lang)])
     cased = BLEU()
     return {"sacrebleu": round(cased.corpus_score(hyps, [refs]).score, 2),
-            "bleu_lc_tok": round(paper.score, 2),
-            "lc_tok_ref_len": paper.ref_len,  # multi-bleu's reflen: the reference tokens the papers count against
+            **paper_bleu(paper_tokens(hyps, lang), paper_tokens(refs, lang)),
             "chrf": round(CHRF().corpus_score(hyps, [refs]).score, 2),
             "sacrebleu_sig": str(cased.get_signature())}
 
@@ -115,9 +120,7 @@ def paper_scores(hyps: list[str], refs: list[str], lang: str) -> dict[str, float
     """--paper-data: the hypotheses are already lowercased tokenized text (scored as they come, as multi-bleu.perl
     scores fairseq's output); the paper-style BLEU and chrF on that text."""
     hyp_tok, ref_tok = [h.strip() for h in hyps], paper_tokens(refs, lang)
-    paper = BLEU(tokenize="none", force=True).corpus_score(hyp_tok, [ref_tok])
-    return {"bleu_lc_tok": round(paper.score, 2), "lc_tok_ref_len": paper.ref_len,
-            "chrf_lc_tok": round(CHRF().corpus_score(hyp_tok, [ref_tok]).score, 2)}
+    return {**paper_bleu(hyp_tok, ref_tok), "chrf_lc_tok": round(CHRF().corpus_score(hyp_tok, [ref_tok]).score, 2)}
 
 
 def write_paper_data(tgt: str) -> None:
