@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seqformer.model.dropout import dropout as apply_dropout
+
 
 def _allowed(key_pad_mask: Tensor | None) -> Tensor | None:
     """(B, S) True=padding -> (B, 1, 1, S) True=may attend, broadcast over heads and queries."""
@@ -39,7 +41,7 @@ def reference_attention(
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
     weights = scores.float().softmax(dim=-1).to(q.dtype)  # (B, H, T, S)
-    dropped = F.dropout(weights, dropout) if dropout > 0 else weights
+    dropped = apply_dropout(weights, dropout)
     return dropped @ v, weights
 
 

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from seqformer.config import ModelConfig
 from seqformer.decoding.cache import LayerCache
 from seqformer.model.attention import MultiHeadAttention
+from seqformer.model.dropout import Dropout
 
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "swish": F.silu}
 
@@ -21,7 +22,7 @@ class FeedForward(nn.Module):
         self.fc1 = nn.Linear(cfg.d_model, cfg.d_ff)
         self.fc2 = nn.Linear(cfg.d_ff, cfg.d_model)
         self.act = _ACTIVATIONS[cfg.activation]
-        self.dropout = nn.Dropout(cfg.activation_dropout)
+        self.dropout = Dropout(cfg.activation_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.dropout(self.act(self.fc1(x))))  # (B, T, D)
@@ -33,7 +34,7 @@ class Residual(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.pre_norm = cfg.pre_norm
 
     def inner(self, x: Tensor) -> Tensor:

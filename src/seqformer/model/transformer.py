@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from seqformer.config import ModelConfig
 from seqformer.decoding.cache import DecoderCache
+from seqformer.model.dropout import Dropout
 from seqformer.model.embeddings import PositionalEncoding, TokenEmbedding
 from seqformer.model.layers import DecoderLayer, EncoderLayer
 from seqformer.model.packed import PackedLinear, packable, packing_available
@@ -18,7 +19,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.embed = embed
         self.positions = PositionalEncoding(cfg.positional, cfg.max_positions, cfg.d_model, cfg.sinusoid_layout)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
         self.final_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.pre_norm else None
 
@@ -36,7 +37,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.embed = embed
         self.positions = PositionalEncoding(cfg.positional, cfg.max_positions, cfg.d_model, cfg.sinusoid_layout)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
         self.final_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.pre_norm else None
 
