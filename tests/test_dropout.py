@@ -44,18 +44,45 @@ def test_gradient_is_the_same_mask():
     g = torch.randn(8, 5, 16)
     y = dropout(x, 0.4)
     y.backward(g)
-    factor = (y / x).detach()  # (8, 5, 16): 0 where dropped, 1 / 0.6 where kept
-    assert torch.isclose(factor, torch.tensor(0.0)).logical_or(torch.isclose(factor, torch.tensor(1 / 0.6))).all()
+    factor = (y / x).detach()  # (8, 5, 16): 0 where dropped, 1 / keep rate (~1 / 0.6) where kept
+    assert torch.isclose(factor, torch.tensor(0.0)).logical_or(torch.isclose(factor, torch.tensor(1 / 0.6),
+                                                                             rtol=1e-4)).all()
     torch.testing.assert_close(x.grad, g * factor)
 
 
-def test_eval_identity_and_edge_rates():
+def test_lanes_of_one_draw_are_independent():
+    # P(two lanes of the same 64-bit draw both kept) = (1 - p)^2, not 1 - p as with copied lanes
+    torch.manual_seed(5)
+    kept = keep_mask((400_000,), 0.5).view(-1, 4).float()  # (draws, lanes)
+    for a, b in ((0, 1), (1, 2), (2, 3), (0, 3)):
+        assert abs((kept[:, a] * kept[:, b]).mean().item() - 0.25) < 0.005
+
+
+def test_eval_identity_training_drops_and_edge_rates():
     x = torch.randn(4, 7)
     module = Dropout(0.3).eval()
     assert module(x) is x
     assert dropout(x, 0.0) is x
+    dropped = module.train()(torch.ones(1000))
+    assert 0 < int((dropped == 0).sum()) < 1000
     assert torch.equal(dropout(x, 1.0), torch.zeros_like(x))
-    assert module.train()(x).shape == x.shape
+    # within 2^-17 of 1 the lanes cannot express the rate: PyTorch's kernel, not a wrapped threshold
+    assert (dropout(torch.ones(100_000), 0.999999) != 0).sum() < 50
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            dropout(x, bad)
+
+
+@pytest.mark.parametrize("x", [torch.rand(7, 5).t(), torch.rand(3, 3, 3), torch.rand(()), torch.rand(0, 4),
+                               torch.rand(50, 30).to(torch.bfloat16)], ids=["transposed", "odd-size", "scalar",
+                                                                            "empty", "bf16"])
+def test_any_shape_layout_and_dtype(x):
+    torch.manual_seed(6)
+    y = dropout(x + 0.5, 0.3)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    kept = y != 0
+    torch.testing.assert_close(y[kept], (x + 0.5)[kept] / 0.7, rtol=1e-2 if x.dtype == torch.bfloat16 else 1e-4,
+                               atol=0)
 
 
 def test_draws_follow_the_default_generator():
