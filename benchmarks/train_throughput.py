@@ -1,13 +1,19 @@
-"""Training throughput: seqformer vs Hugging Face MarianMTModel, same shape, same batches, one run.
+"""Training throughput: seqformer vs Hugging Face MarianMTModel, same shape, same batches, same run.
 
-    python benchmarks/train_throughput.py --steps 60
+    python benchmarks/train_throughput.py --steps 40 --rounds 2
+    python benchmarks/train_throughput.py --steps 40 --rounds 2 --engines seqformer,seqformer-torch-dropout
 
-Both models: d_model 256, 3+3 layers, 4 heads, FFN 1024, a joint 8k SentencePiece
-vocabulary (trained here on the data), tied embeddings, dropout 0.1, label smoothing
+Both models: d_model 256, 3+3 layers, 4 heads, FFN 1024, dropout 0.1 (``--shape tiny``: d_model 128,
+4+4 layers, FFN 256, dropout 0.3, the shape of the Multi30k ``-tiny`` recipes), a joint 8k SentencePiece
+vocabulary (trained here on the data), tied embeddings, label smoothing
 0.1, Adam(0.9, 0.98), PyTorch's fused kernel for both (seqformer's trainer uses it; Hugging Face's
 Trainer defaults to it with torch >= 2.8 in recent transformers). The batches are identical (seqformer's token-bucketed batches
 of ``--max-tokens``, first ``--steps`` of epoch 0 after ``--warmup`` untimed steps).
-Each engine runs in its own subprocess so peak memory (max RSS) is its own.
+Each engine runs in its own subprocess so peak memory (max RSS) is its own; with ``--rounds N``
+each runs N times, in alternating order, and tokens/s are taken over all its rounds.
+``seqformer-torch-dropout`` is seqformer with every dropout (embedding, residual, activation and
+attention) through PyTorch's own kernel in place of its cheaper CPU mask
+(``seqformer.model.dropout``): the ablation of that one change.
 Tokens/s counts source + target tokens. Needs ``transformers`` (the dev extra).
 
 Precisions: bf16 autocast and fp32 where the processor has native bf16 (AVX-512-BF16/AMX),
@@ -33,11 +39,17 @@ from seqformer.config import ModelConfig, TrainConfig
 from seqformer.data.batching import Batch, bucket_batches, collate
 from seqformer.data.corpus import read_parallel
 from seqformer.data.tokenizer import EOS, Tokenizer, train_sentencepiece
+from seqformer.model import attention
+from seqformer.model.dropout import Dropout
 from seqformer.model.transformer import Seq2SeqTransformer
 from seqformer.training.amp import bf16_supported
 from seqformer.training.optim import batch_loss, make_optimizer
 
-SHAPE = dict(d_model=256, n_heads=4, n_encoder_layers=3, n_decoder_layers=3, d_ff=1024, dropout=0.1)
+SHAPES = {  # "base": the comparison's shape; "tiny": Wu et al.'s Transformer-Tiny (the Multi30k recipes)
+    "base": dict(d_model=256, n_heads=4, n_encoder_layers=3, n_decoder_layers=3, d_ff=1024, dropout=0.1),
+    "tiny": dict(d_model=128, n_heads=4, n_encoder_layers=4, n_decoder_layers=4, d_ff=256, dropout=0.3),
+}
+ENGINES = ("seqformer", "marian", "seqformer-torch-dropout")
 
 
 def make_batches(data: str, spm_dir: Path, n: int, max_tokens: int) -> tuple[list[Batch], int]:
@@ -53,8 +65,14 @@ def make_batches(data: str, spm_dir: Path, n: int, max_tokens: int) -> tuple[lis
     return [collate([examples[i] for i in idx], 0, 2, EOS) for idx in order], tok.src.get_piece_size()
 
 
-def seqformer_step(vocab: int):
-    model = Seq2SeqTransformer(ModelConfig(src_vocab_size=vocab, tgt_vocab_size=vocab, **SHAPE)).train()
+def use_torch_dropout() -> None:
+    """The ablation: every seqformer dropout through PyTorch's own kernel (its per-element draws)."""
+    Dropout.forward = lambda self, x: F.dropout(x, self.p, self.training)
+    attention.apply_dropout = lambda x, p, training=True: F.dropout(x, p, training)
+
+
+def seqformer_step(vocab: int, shape: dict):
+    model = Seq2SeqTransformer(ModelConfig(src_vocab_size=vocab, tgt_vocab_size=vocab, **shape)).train()
     opt = make_optimizer(model, TrainConfig(lr=5e-4, adam_betas=(0.9, 0.98), adam_eps=1e-9))  # as its trainer
 
     def step(b: Batch) -> None:
@@ -99,8 +117,8 @@ def marian_loss(model, b: Batch, label_smoothing: float) -> tuple[torch.Tensor, 
     return loss, b.n_tgt_tokens
 
 
-def marian_step(vocab: int):
-    model = marian_model(ModelConfig(src_vocab_size=vocab, tgt_vocab_size=vocab, **SHAPE)).train()
+def marian_step(vocab: int, shape: dict):
+    model = marian_model(ModelConfig(src_vocab_size=vocab, tgt_vocab_size=vocab, **shape)).train()
     # fused: Hugging Face Trainer's default optimizer with torch >= 2.8 (recent transformers) is the fused kernel
     opt = torch.optim.Adam(model.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-9, fused=True)
 
@@ -118,7 +136,10 @@ def run_engine(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(1)
     batches, vocab = make_batches(args.data, Path(args.work), args.steps + args.warmup, args.max_tokens)
-    step = seqformer_step(vocab) if args.engine == "seqformer" else marian_step(vocab)
+    if args.engine == "seqformer-torch-dropout":
+        use_torch_dropout()
+    shape = SHAPES[args.shape]
+    step = marian_step(vocab, shape) if args.engine == "marian" else seqformer_step(vocab, shape)
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.precision == "bf16" else None
     tokens, start = 0, 0.0
     for i, b in enumerate(batches):
@@ -134,7 +155,7 @@ def run_engine(args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"engine": args.engine, "precision": args.precision, "steps": args.steps, "tokens": tokens,
-            "seconds": round(seconds, 1), "tokens_per_s": round(tokens / seconds), "peak_rss_mb": round(peak_mb)}
+            "seconds": seconds, "tokens_per_s": round(tokens / seconds), "peak_rss_mb": round(peak_mb)}
 
 
 def main() -> None:
@@ -145,7 +166,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--engine", choices=("seqformer", "marian"), help=argparse.SUPPRESS)
+    ap.add_argument("--shape", choices=tuple(SHAPES), default="base")
+    ap.add_argument("--engines", default="seqformer,marian",
+                    help=f"comma-separated, the first is compared with the others; any of {','.join(ENGINES)}")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run the engines this many times each, alternating their order, so that the "
+                    "machine's drift slows them alike; tokens/s over all rounds")
+    ap.add_argument("--engine", choices=ENGINES, help=argparse.SUPPRESS)
     ap.add_argument("--precisions", help="comma-separated subset of bf16,fp32 (default: bf16,fp32 where the "
                     "CPU has native bf16, else fp32)")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="bf16", help=argparse.SUPPRESS)
@@ -153,27 +180,58 @@ def main() -> None:
     if args.engine:
         print(json.dumps(run_engine(args)))
         return
-    base = [sys.executable, __file__, "--data", args.data, "--work", args.work, "--steps", str(args.steps),
-            "--warmup", str(args.warmup), "--max-tokens", str(args.max_tokens), "--threads", str(args.threads)]
+    engines = [e for e in args.engines.split(",") if e]
+    if len(set(engines)) != len(engines) or len(engines) < 2 or not set(engines) <= set(ENGINES) or args.rounds < 1:
+        ap.error(f"--engines: expected two or more different ones of {','.join(ENGINES)}, found "
+                 f"{args.engines!r}; --rounds: expected >= 1, found {args.rounds}")
     native_bf16 = bf16_supported(torch.device("cpu"))
     precisions = [p for p in (args.precisions or ("bf16,fp32" if native_bf16 else "fp32")).split(",") if p]
     if not set(precisions) <= {"bf16", "fp32"}:
         ap.error(f"--precisions: expected a subset of bf16,fp32, found {args.precisions!r}")
     print(f"precisions: {','.join(precisions)} (native bf16: {native_bf16}); "
-          f"{os.cpu_count()} cores visible, {args.threads} threads", flush=True)
-    results = {}
-    for engine, precision in ((e, p) for p in precisions for e in ("seqformer", "marian")):
-        out = subprocess.run(base + ["--engine", engine, "--precision", precision], check=True,
-                             capture_output=True, text=True).stdout
-        results[(engine, precision)] = json.loads(out.strip().splitlines()[-1])
-        print(json.dumps(results[(engine, precision)]), flush=True)
+          f"{os.cpu_count()} cores visible, {args.threads} threads; shape {args.shape}: {SHAPES[args.shape]}",
+          flush=True)
+    report(run_rounds(args, engines, precisions), engines, precisions)
+
+
+def engine_command(args: argparse.Namespace, engine: str, precision: str) -> list[str]:
+    return [sys.executable, __file__, "--data", args.data, "--work", args.work, "--steps", str(args.steps),
+            "--warmup", str(args.warmup), "--max-tokens", str(args.max_tokens), "--threads", str(args.threads),
+            "--shape", args.shape, "--engine", engine, "--precision", precision]
+
+
+def run_rounds(args: argparse.Namespace, engines: list[str], precisions: list[str]) -> dict:
+    """Every engine once per round, in its own process; odd rounds in reverse order."""
+    results: dict[tuple[str, str], list[dict]] = {(e, p): [] for p in precisions for e in engines}
+    for r in range(args.rounds):
+        for precision in precisions:
+            for engine in engines if r % 2 == 0 else engines[::-1]:
+                out = subprocess.run(engine_command(args, engine, precision), check=True,
+                                     capture_output=True, text=True).stdout
+                result = {**json.loads(out.strip().splitlines()[-1]), "round": r + 1}
+                results[(engine, precision)].append(result)
+                print(json.dumps(result), flush=True)
+    return results
+
+
+def report(results: dict, engines: list[str], precisions: list[str]) -> None:
+    def rate(runs: list[dict]) -> float:  # tokens/s over all rounds
+        return sum(r["tokens"] for r in runs) / sum(r["seconds"] for r in runs)
+
+    def peak(runs: list[dict]) -> int:
+        return max(r["peak_rss_mb"] for r in runs)
+
+    first = engines[0]
     for precision in precisions:
-        s, m = results[("seqformer", precision)], results[("marian", precision)]
-        print(f"{precision}: seqformer {s['tokens_per_s']} tok/s vs MarianMTModel {m['tokens_per_s']} tok/s "
-              f"= {s['tokens_per_s'] / m['tokens_per_s']:.2f}x; peak RSS {s['peak_rss_mb']} vs {m['peak_rss_mb']} MB")
-    if "bf16" in precisions and "fp32" in precisions:
+        a = results[(first, precision)]
+        for other in engines[1:]:
+            b = results[(other, precision)]
+            rounds = ", ".join(f"{x['tokens_per_s'] / y['tokens_per_s']:.2f}" for x, y in zip(a, b))
+            print(f"{precision}: {first} {rate(a):.0f} tok/s vs {other} {rate(b):.0f} tok/s = "
+                  f"{rate(a) / rate(b):.2f}x (by round: {rounds}); peak RSS {peak(a)} vs {peak(b)} MB")
+    if {"bf16", "fp32"} <= set(precisions) and {"seqformer", "marian"} <= set(engines):
         s, m = results[("seqformer", "bf16")], results[("marian", "fp32")]
-        print(f"seqformer bf16 vs MarianMTModel fp32 (its default): {s['tokens_per_s'] / m['tokens_per_s']:.2f}x")
+        print(f"seqformer bf16 vs MarianMTModel fp32 (its default): {rate(s) / rate(m):.2f}x")
 
 
 if __name__ == "__main__":
