@@ -1,17 +1,19 @@
 """Dropout whose mask costs a fraction of PyTorch's on the CPU.
 
-PyTorch's CPU dropout draws one Bernoulli sample per element from the Mersenne Twister; by
-torch.profiler that was 7.5% of a training step at d_model 256 and 15% at d_model 128 with
-dropout 0.3 (the speed-up: ``benchmarks/train_throughput.py``). Here every 64-bit draw of the
-same generator gives four 16-bit lanes, each compared with a threshold, so an element is kept
-with probability ``1 - p`` rounded to a multiple of 1/65,536 (0.3 stays 0.3 to within 8e-6),
-and kept values are scaled by the inverse of that keep rate (``nn.Dropout``: ``1 / (1 - p)``).
-The draws come from ``torch``'s default generator, so ``torch.manual_seed`` and saved RNG
-states (exact resume) govern them as before; the masks differ from PyTorch's. Other devices,
-and p within 2^-17 of 1, use PyTorch's own kernel.
+PyTorch's CPU dropout draws one Bernoulli sample per element from the Mersenne Twister, a
+visible part of a small model's training step (what this saves: ``benchmarks/train_throughput.py
+--engines seqformer,seqformer-torch-dropout``). Here every 64-bit draw of the same generator
+gives four 16-bit lanes, each compared with a threshold, so an element is kept with probability
+``1 - p`` rounded to a multiple of 1/65,536 (0.3 stays 0.3 to within 8e-6), and kept values are
+scaled by the inverse of that keep rate (``nn.Dropout``: ``1 / (1 - p)``). The draws come from
+``torch``'s default generator, so ``torch.manual_seed`` and saved RNG states (exact resume) govern
+them as before; the masks differ from PyTorch's. Other devices, and p within 2^-17 of 1, use
+PyTorch's own kernel.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -35,9 +37,12 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> Tensor:
     dropped = _dropped_lanes(p)
     if dropped >= _LANE_VALUES:
         raise ValueError(f"keep_mask draws 16-bit lanes: p={p} rounds to dropping everything")
-    n = 1
-    for size in shape:
-        n *= size
+    return _keep_lanes(shape, dropped)
+
+
+def _keep_lanes(shape: torch.Size | tuple[int, ...], dropped: int) -> Tensor:
+    """keep_mask for an already checked count of dropping lane values (0 <= dropped < 65,536)."""
+    n = math.prod(shape)
     draws = torch.empty((n + _LANES - 1) // _LANES, dtype=torch.int64)  # (ceil(n / 4),)
     draws.random_(-(1 << 63), None)  # every 64 bits random (a plain random_() leaves the sign bit 0)
     lanes = draws.view(torch.int16)[:n]  # (n,) uniform over [-32768, 32767]
@@ -51,11 +56,11 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
         return x
     if dropped >= _LANE_VALUES or x.device.type != "cpu" or not x.is_floating_point():
         return F.dropout(x, p, training)
-    # A float mask of 0 and the inverse keep rate (exactly unbiased for the rounded p): multiplying
-    # by it is ~5x faster than by a bool mask, which PyTorch converts element by element, and
-    # autograd saves it for the backward pass, which is the same product.
+    # A float mask of 0 and the inverse keep rate (exactly unbiased for the rounded p): multiplying by
+    # it is faster than by a bool mask, which PyTorch converts element by element, and autograd saves
+    # it for the backward pass, which is the same product.
     scale = _LANE_VALUES / (_LANE_VALUES - dropped)
-    return x * keep_mask(x.shape, p).to(x.dtype).mul_(scale)  # (*x.shape,)
+    return x * _keep_lanes(x.shape, dropped).to(x.dtype).mul_(scale)  # (*x.shape,)
 
 
 class Dropout(nn.Dropout):
