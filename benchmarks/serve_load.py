@@ -2,13 +2,17 @@
 
     python benchmarks/serve_load.py --model src/seqformer/models/en-fr            # 400 requests per mode
     python benchmarks/serve_load.py --model DIR --requests 40 --concurrency 8   # smoke run
+    python benchmarks/serve_load.py --streams 2 --rounds 2    # also batches on two streams (--streams 2)
 
-For each mode the script starts its own server (``--max-batch N`` and ``--max-batch 1``)
-on a free 127.0.0.1 port, sends a fixed number of single-sentence requests from
-``--concurrency`` concurrent clients, stops the server, and prints requests/s, latency
-percentiles, the mean batch size the server formed and the error count (which must be 0;
-the exit status is 1 otherwise). The peer it compares with is the same server with
-batching off. Bounded: a fixed request count, a per-request timeout and a deadline.
+For each mode the script starts its own server (``--max-batch N`` and ``--max-batch 1``;
+with ``--streams S`` also ``--max-batch N --streams S``) on a free 127.0.0.1 port, sends a
+fixed number of single-sentence requests from ``--concurrency`` concurrent clients, stops
+the server, and prints requests/s, latency percentiles, the mean batch size the server formed
+and the error count (which must be 0; the exit status is 1 otherwise). The peer it compares
+with is the same server with batching off (and, for streams, batching on one stream). With
+``--rounds R`` every mode runs R times, in reverse order every other round, so that the
+machine's drift slows them alike; the table pools each mode's rounds. Bounded: a fixed
+request count, a per-request timeout and a deadline.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ SENTENCES = [
 class Run:
     mode: str
     max_batch: int
+    streams: int
     sent: int
     errors: int
     seconds: float
@@ -60,10 +65,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args: argparse.Namespace, max_batch: int, port: int, log) -> subprocess.Popen:
+def start_server(args: argparse.Namespace, max_batch: int, streams: int, port: int, log) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "seqformer.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--max-batch", str(max_batch), "--batch-window-ms", str(args.window_ms), "--no-access-log",
-           "--threads", str(args.threads)]
+           "--max-batch", str(max_batch), "--streams", str(streams), "--batch-window-ms", str(args.window_ms),
+           "--no-access-log", "--threads", str(args.threads)]
     if args.model:
         cmd += ["--model", args.model]
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -113,10 +118,10 @@ async def load(url: str, args: argparse.Namespace) -> tuple[int, int, float, lis
         return sent, errors, time.perf_counter() - start, latencies
 
 
-def measure(args: argparse.Namespace, mode: str, max_batch: int, log) -> Run:
+def measure(args: argparse.Namespace, mode: str, max_batch: int, streams: int, log) -> Run:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = start_server(args, max_batch, port, log)
+    proc = start_server(args, max_batch, streams, port, log)
     try:
         wait_ready(url, proc, args.startup_timeout)
         for text in SENTENCES[:2]:  # warm-up, not timed
@@ -132,20 +137,30 @@ def measure(args: argparse.Namespace, mode: str, max_batch: int, log) -> Run:
             proc.kill()
             proc.wait()
     batches = max(1, after["batches"] - before["batches"])
-    return Run(mode, max_batch, sent, errors, seconds, latencies, (after["requests"] - before["requests"]) / batches)
+    return Run(mode, max_batch, streams, sent, errors, seconds, latencies,
+               (after["requests"] - before["requests"]) / batches)
+
+
+def pooled(runs: list[Run]) -> Run:
+    """One mode's rounds as one run: requests over seconds, every latency, batches weighted by requests."""
+    sent = sum(r.sent for r in runs)
+    mean_batch = sum(r.mean_batch * r.sent for r in runs) / max(1, sent)
+    return Run(runs[0].mode, runs[0].max_batch, runs[0].streams, sent, sum(r.errors for r in runs),
+               sum(r.seconds for r in runs), [x for r in runs for x in r.latencies], mean_batch)
 
 
 def report(runs: list[Run], args: argparse.Namespace) -> None:
     print(f"{args.requests} requests per mode, {args.concurrency} concurrent clients, beam {args.beam_size}, "
           f"{args.threads} torch threads, window {args.window_ms} ms, loopback")
-    print(f"{'mode':<14} {'max_batch':>9} {'sent':>5} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
-          f"{'p99 ms':>8} {'mean batch':>10}")
+    print(f"{'mode':<18} {'max_batch':>9} {'streams':>7} {'sent':>5} {'errors':>6} {'req/s':>8} {'p50 ms':>8} "
+          f"{'p95 ms':>8} {'p99 ms':>8} {'mean batch':>10}")
     for r in runs:
-        print(f"{r.mode:<14} {r.max_batch:>9} {r.sent:>5} {r.errors:>6} {r.sent / r.seconds:>8.1f} "
+        print(f"{r.mode:<18} {r.max_batch:>9} {r.streams:>7} {r.sent:>5} {r.errors:>6} {r.sent / r.seconds:>8.1f} "
               f"{r.percentile(50):>8.1f} {r.percentile(95):>8.1f} {r.percentile(99):>8.1f} {r.mean_batch:>10.2f}")
-    if len(runs) == 2 and runs[1].sent:
-        speedup = (runs[0].sent / runs[0].seconds) / (runs[1].sent / runs[1].seconds)
-        print(f"throughput, batched vs one-at-a-time: {speedup:.2f}x")
+    rate = {r.mode: r.sent / r.seconds for r in runs if r.sent}
+    for a, b in (("batched", "one-at-a-time"), ("batched, streams", "batched"), ("batched, streams", "one-at-a-time")):
+        if a in rate and b in rate:
+            print(f"throughput, {a} vs {b}: {rate[a] / rate[b]:.2f}x")
 
 
 def main() -> int:
@@ -154,6 +169,8 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=400, help="requests per mode")
     p.add_argument("--concurrency", type=int, default=16, help="concurrent clients")
     p.add_argument("--max-batch", type=int, default=32, help="batched mode's --max-batch")
+    p.add_argument("--streams", type=int, default=1, help="also run the batched server with this --streams (> 1)")
+    p.add_argument("--rounds", type=int, default=1, help="run every mode this many times, alternating the order")
     p.add_argument("--window-ms", type=float, default=5.0, help="batching window")
     p.add_argument("--beam-size", type=int, default=4)
     p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1)), help="torch threads of the server")
@@ -162,11 +179,21 @@ def main() -> int:
     p.add_argument("--startup-timeout", type=float, default=120.0)
     p.add_argument("--only", choices=("batched", "single"), help="run one mode only")
     args = p.parse_args()
-    modes = [("batched", args.max_batch), ("one-at-a-time", 1)]
+    if args.streams < 1 or args.rounds < 1:
+        p.error(f"--streams and --rounds: expected >= 1, found {args.streams} and {args.rounds}")
+    modes = [("batched", args.max_batch, 1), ("one-at-a-time", 1, 1)]
     if args.only:
         modes = modes[:1] if args.only == "batched" else modes[1:]
+    if args.streams > 1:
+        modes.insert(1, ("batched, streams", args.max_batch, args.streams))
+    rounds: dict[str, list[Run]] = {mode: [] for mode, _, _ in modes}
     with tempfile.NamedTemporaryFile("w+", prefix="serve_load_", suffix=".log", delete=False) as log:
-        runs = [measure(args, mode, mb, log) for mode, mb in modes]
+        for r in range(args.rounds):
+            for mode, mb, streams in modes if r % 2 == 0 else modes[::-1]:
+                rounds[mode].append(measure(args, mode, mb, streams, log))
+                last = rounds[mode][-1]
+                print(f"round {r + 1}: {mode}: {last.sent / last.seconds:.1f} requests/s", flush=True)
+    runs = [pooled(rounds[mode]) for mode, _, _ in modes]
     report(runs, args)
     print(f"server log: {Path(log.name)}")
     return 1 if any(r.errors for r in runs) else 0

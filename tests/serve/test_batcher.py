@@ -162,3 +162,107 @@ def test_stop_answers_the_batch_being_computed_and_the_queue():
     running, queued = run(main())
     # was: "a" never answered (its future left pending when the loop was cancelled mid-batch)
     assert isinstance(running, Overloaded) and isinstance(queued, Overloaded)
+
+
+class Meeting:
+    """A fake model whose calls wait for each other: ``parties`` calls must be inside at once to return."""
+
+    def __init__(self, parties: int, timeout_s: float) -> None:
+        self.barrier = threading.Barrier(parties, timeout=timeout_s)
+        self.calls: list[list[str]] = []
+
+    def __call__(self, texts: list[str], options) -> list:
+        self.barrier.wait()  # BrokenBarrierError unless enough calls run at the same time
+        self.calls.append(list(texts))
+        return [f"{t}|{options}" for t in texts]
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+def test_streams_compute_that_many_batches_at_once(streams):
+    model = Meeting(parties=2, timeout_s=1.0)
+
+    async def main():
+        b = Batcher(model, max_batch=1, window_s=0.0, max_queue=8, streams=streams)
+        b.start()
+        out = await asyncio.gather(b.submit(["a"], "A"), b.submit(["b"], "A"), return_exceptions=True)
+        await b.stop()
+        return out
+
+    out = run(main())
+    if streams == 2:  # two one-request batches met inside the model
+        assert out == [["a|A"], ["b|A"]]
+    else:  # one stream: the second batch waits for the first, which waits for a second call in vain
+        assert all(isinstance(e, threading.BrokenBarrierError) for e in out)
+
+
+def test_queue_fills_while_every_stream_is_busy():
+    gate = threading.Event()
+    entered: list[str] = []
+
+    def model(texts, options):
+        entered.append(texts[0])
+        if texts[0].startswith("busy"):
+            gate.wait(5)
+        return [f"{t}|{options}" for t in texts]
+
+    async def main():
+        b = Batcher(model, max_batch=4, window_s=0.0, max_queue=16, streams=2)
+        b.start()
+        busy = []
+        for i in range(2):  # one batch on each stream
+            busy.append(asyncio.ensure_future(b.submit([f"busy{i}"], "A")))
+            while len(entered) <= i:
+                await asyncio.sleep(0.005)
+        waiting = [asyncio.ensure_future(b.submit([f"w{i}"], "A")) for i in range(3)]
+        await asyncio.sleep(0.05)
+        assert b.queued == 3 and len(entered) == 2  # no third stream: they wait together
+        gate.set()
+        out = await asyncio.gather(*busy, *waiting)
+        await b.stop()
+        return out, b.stats
+
+    out, stats = run(main())
+    assert out == [["busy0|A"], ["busy1|A"], ["w0|A"], ["w1|A"], ["w2|A"]]
+    assert stats.batches == 3 and stats.largest_batch == 3  # the three that waited ran as one batch
+
+
+def test_stop_answers_every_running_batch():
+    gate = threading.Event()
+    rec = Recorder(gate)
+
+    async def main():
+        b = Batcher(rec, max_batch=1, window_s=0.0, max_queue=8, streams=2)
+        b.start()
+        running = [asyncio.ensure_future(b.submit([t], "A")) for t in ("a", "b")]
+        while len(b._running) < 2:
+            await asyncio.sleep(0.005)
+        await b.stop()
+        gate.set()
+        return await asyncio.gather(*running, return_exceptions=True)
+
+    assert all(isinstance(e, Overloaded) for e in run(main()))
+
+
+def test_drain_waits_for_every_running_batch():
+    gate = threading.Event()
+    rec = Recorder(gate)
+
+    async def main():
+        b = Batcher(rec, max_batch=1, window_s=0.0, max_queue=8, streams=2)
+        b.start()
+        running = [asyncio.ensure_future(b.submit([t], "A")) for t in ("a", "b")]
+        while len(b._running) < 2:
+            await asyncio.sleep(0.005)
+        b.close()
+        asyncio.get_running_loop().call_later(0.05, gate.set)
+        await b.drain(5)
+        out = await asyncio.gather(*running)
+        await b.stop()
+        return out
+
+    assert run(main()) == [["a|A"], ["b|A"]]
+
+
+def test_streams_below_one_are_refused():
+    with pytest.raises(ValueError, match="streams must be >= 1, found 0"):
+        Batcher(Recorder(), streams=0)

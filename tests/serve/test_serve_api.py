@@ -7,8 +7,10 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import torch
 
 pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'seqformer[serve]'")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
@@ -520,3 +522,60 @@ def test_shutdown_answers_what_the_drain_time_leaves_queued_with_json_503(transl
             t.join(20)
     assert replies["A queued cat."] == (503, "application/json", "1")
     assert replies["The busy dog."][0] == 200
+
+
+class CountingTranslator:
+    """Records the PyTorch thread count each model call runs with, and how many calls overlap."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.dir, self.model = inner, inner.dir, inner.model
+        self.threads: list[int] = []
+        self.inside, self.most_inside = 0, 0
+        self._lock = threading.Lock()
+
+    def translate_nbest(self, texts, **kwargs):
+        with self._lock:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+            self.threads.append(torch.get_num_threads())
+        try:
+            time.sleep(0.05)  # long enough for the other stream's batch to start meanwhile
+            return self.inner.translate_nbest(texts, **kwargs)
+        finally:
+            with self._lock:
+                self.inside -= 1
+
+
+def test_streams_split_the_threads_and_keep_the_results(translator):
+    texts = sentences(6, seed=5)
+    counting = CountingTranslator(translator)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cfg = ServeConfig(streams=2, max_batch=1, batch_window_ms=0)
+        with TestClient(create_app(counting, cfg)) as c:
+            replies: dict[int, dict] = {}
+            barrier = threading.Barrier(len(texts))
+
+            def ask(i: int) -> None:
+                barrier.wait()
+                replies[i] = c.post("/translate", json={"text": texts[i]}).json()
+
+            threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(texts))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+        # PyTorch's count is per thread, new threads starting from the last one set: restored for them
+        with ThreadPoolExecutor(1) as pool:
+            assert pool.submit(torch.get_num_threads).result() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert counting.most_inside == 2 and set(counting.threads) == {1}  # two batches at once, 2 // 2 threads each
+    for i, text in enumerate(texts):
+        assert same(replies[i]["results"][0]["translations"], translator.translate_nbest([text])[0]), text
+
+
+def test_streams_below_one_are_refused():
+    with pytest.raises(ConfigError, match="streams must be >= 1, found 0"):
+        ServeConfig(streams=0)

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
@@ -28,13 +29,19 @@ def create_app(translator: Translator, cfg: ServeConfig | None = None) -> FastAP
     from seqformer import __version__
 
     cfg = cfg or ServeConfig()
-    batcher = Batcher(partial(translate_batch, translator), cfg.max_batch, cfg.batch_window_ms / 1000, cfg.max_queue)
+    batcher = Batcher(partial(translate_batch, translator), cfg.max_batch, cfg.batch_window_ms / 1000, cfg.max_queue,
+                      streams=cfg.streams)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        batcher.start()
-        yield
-        await batcher.stop()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, threads // cfg.streams))  # each stream's share, before its thread starts
+        try:
+            batcher.start()
+            yield
+            await batcher.stop()
+        finally:
+            torch.set_num_threads(threads)
 
     app = FastAPI(title="seqformer", version=__version__, lifespan=lifespan,
                   description=f"{translator.dir.src_lang or '?'}->{translator.dir.tgt_lang or '?'} translation")

@@ -1,4 +1,4 @@
-"""Dynamic batching: concurrent requests share one model call on one worker thread.
+"""Dynamic batching: concurrent requests share one model call on a worker thread.
 
 The first request to arrive waits up to ``window_s`` for company (or until
 ``max_batch`` units are queued); then every queued request with the same
@@ -10,8 +10,12 @@ bounded: past ``max_queue`` waiting units, :class:`Overloaded` is raised at once
 instead of letting latency grow without limit (a request larger than that still
 runs when nothing else waits). A request whose client
 hangs up leaves the queue at once and is never computed. At shutdown the batcher
-is closed (new requests get 503) and drained: the queue and the running batch
+is closed (new requests get 503) and drained: the queue and the running batches
 finish, up to a time limit, after which what is still queued gets 503.
+
+With ``streams`` > 1, up to that many batches are computed at once, each on its own worker
+thread (the caller gives each its share of the CPU threads): while every stream is busy, the
+next batch keeps filling in the queue, and it starts as soon as one stream is free.
 """
 
 from __future__ import annotations
@@ -51,31 +55,38 @@ class BatchStats:
 
 
 class Batcher:
-    """Queue requests from the event loop; run them in batches on a single model thread."""
+    """Queue requests from the event loop; run them in batches on ``streams`` model threads."""
 
-    def __init__(self, run: RunBatch, max_batch: int = 32, window_s: float = 0.005, max_queue: int = 256) -> None:
+    def __init__(self, run: RunBatch, max_batch: int = 32, window_s: float = 0.005, max_queue: int = 256,
+                 streams: int = 1) -> None:
+        if streams < 1:
+            raise ValueError(f"streams must be >= 1, found {streams}")
         self.run = run
         self.max_batch = max_batch
         self.window_s = window_s
         self.max_queue = max_queue
+        self.streams = streams
         self.stats = BatchStats()
         self._jobs: deque[_Job] = deque()
         self._queued = 0  # units in self._jobs
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._running: list[_Job] = []  # the batch the model is computing
+        self._free: asyncio.Semaphore | None = None  # streams not computing a batch
+        self._batches: set[asyncio.Task] = set()  # the batches being computed
+        self._running: list[_Job] = []  # their jobs
         self._closed = False
 
     @property
     def queued(self) -> int:
-        """Texts waiting for the model (the batch being computed is not counted)."""
+        """Texts waiting for the model (the batches being computed are not counted)."""
         return self._queued
 
     def start(self) -> None:
         """Start the batching loop; call from the running event loop."""
         self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqformer-model")
+        self._free = asyncio.Semaphore(self.streams)
+        self._executor = ThreadPoolExecutor(max_workers=self.streams, thread_name_prefix="seqformer-model")
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     @property
@@ -89,7 +100,7 @@ class Batcher:
 
     async def drain(self, timeout_s: float, give_up: Callable[[], bool] = lambda: False) -> None:
         """After :meth:`close`: wait up to ``timeout_s`` (or until ``give_up()``) for the queue and the running
-        batch to finish, then answer what is still queued with :class:`Overloaded` (a running batch goes on)."""
+        batches to finish, then answer what is still queued with :class:`Overloaded` (running batches go on)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while (self._jobs or self._running) and loop.time() < deadline and not give_up():
@@ -108,7 +119,9 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        # The batch being computed when the loop was cancelled, then everything still queued: each request
+        for task in list(self._batches):  # their results would come too late: the requests are answered below
+            task.cancel()
+        # The batches being computed when the loop was cancelled, then everything still queued: each request
         # is answered, none left waiting on a future nobody will set.
         self._refuse_queued(also=self._running)
         self._running = []
@@ -144,17 +157,29 @@ class Batcher:
             self._queued -= job.cost
 
     async def _loop(self) -> None:
-        assert self._wake is not None
+        assert self._wake is not None and self._free is not None
         while True:
             await self._wake.wait()
+            await self._free.acquire()  # a stream to compute on: until then the queue keeps filling
             await self._gather()
             batch = self._take()
             if self._jobs:
                 self._wake.set()
             else:
                 self._wake.clear()
-            if batch:
-                await self._execute(batch)
+            if not batch:
+                self._free.release()
+                continue
+            # counted as running from now, not from the task's first step: a stop() in between answers them
+            self._running = [*self._running, *batch]
+            task = asyncio.get_running_loop().create_task(self._execute(batch))
+            self._batches.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._batches.discard(task)
+        assert self._free is not None
+        self._free.release()
 
     async def _gather(self) -> None:
         """Wait up to the window for more requests, unless a full batch is already queued."""
@@ -191,17 +216,16 @@ class Batcher:
     async def _execute(self, batch: list[_Job]) -> None:
         texts = [t for job in batch for t in job.texts]
         loop = asyncio.get_running_loop()
-        self._running = batch  # until it returns: a cancelled loop (stop()) answers these requests itself
-        try:
+        try:  # until it returns, the batch's jobs are in self._running: stop() answers them itself
             results = await loop.run_in_executor(self._executor, self.run, texts, batch[0].options)
         except Exception as err:  # the model failed: every request of the batch gets the error
-            self._running = []
+            self._unrun(batch)
             log.exception("batch of %d texts failed", len(texts))
             for job in batch:
                 if not job.future.done():
                     job.future.set_exception(err)
             return
-        self._running = []
+        self._unrun(batch)
         start = 0
         for job in batch:
             if not job.future.done():
@@ -210,3 +234,8 @@ class Batcher:
         s = self.stats
         s.batches, s.requests, s.texts = s.batches + 1, s.requests + len(batch), s.texts + len(texts)
         s.largest_batch = max(s.largest_batch, len(batch))
+
+    def _unrun(self, batch: list[_Job]) -> None:
+        """The batch's jobs are no longer being computed."""
+        done = {id(job) for job in batch}
+        self._running = [job for job in self._running if id(job) not in done]

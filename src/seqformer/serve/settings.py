@@ -26,6 +26,9 @@ class ServeConfig:
     max_batch: int = 32  # sentences per model call (a request's texts are never split across calls); 1 = one request at a time
     batch_window_ms: float = 5.0  # how long the first queued request waits for company
     max_queue: int = 256  # sentences waiting for the model; beyond this requests get 503 (one alone always runs)
+    # batches computed at once, each on its own thread with 1/streams of the CPU threads: more throughput
+    # under load (a step's products are small), more latency for a request alone
+    streams: int = 1
     max_body_bytes: int = 262_144
     max_texts: int = 32  # texts per request
     max_chars: int = 1000  # characters per text
@@ -36,6 +39,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, f"port must be in [0, 65535], found {self.port}")
         _check(self.max_batch >= 1, f"max_batch must be >= 1, found {self.max_batch}")
+        _check(self.streams >= 1, f"streams must be >= 1, found {self.streams}")
         _check(0 <= self.batch_window_ms <= 1000, f"batch_window_ms must be in [0, 1000], found {self.batch_window_ms}")
         for name in ("max_body_bytes", "max_texts", "max_chars", "max_beam_size", "max_nbest"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1, found {getattr(self, name)}")
