@@ -126,6 +126,52 @@ def test_a_packed_model_decodes_like_the_plain_one(variant):
     assert copy_ is None if packed.output is not None else isinstance(copy_[1], PackedLinear)
 
 
+@needs_onednn
+@torch.no_grad()
+def test_a_packed_model_casts_like_the_plain_one():
+    plain = tiny_model(seed=6)
+    packed = copy.deepcopy(plain)
+    packed.fast_output()
+    n_linear = pack_linears(packed)
+    src, mask = src_batch(random_ids([5, 3, 7], plain.cfg.src_vocab_size, seed=7))
+    tgt = torch.tensor(random_ids([6, 6, 6], plain.cfg.tgt_vocab_size, seed=8))  # (B, T)
+    tgt[:, 0] = plain.cfg.decoder_start_id
+    layers = [m for m in packed.modules() if isinstance(m, PackedLinear)]
+
+    # was: .double() left the packed layers in fp32 and the forward failed on float64 inputs
+    torch.testing.assert_close(packed.double()(src, mask, tgt), plain.double()(src, mask, tgt), atol=1e-12, rtol=0)
+    assert all(m.packed is None and m.plain.dtype == torch.float64 for m in layers)
+    out = packed.to(torch.bfloat16)(src, mask, tgt)  # (B, T, V)
+    assert out.dtype == torch.bfloat16 and all(m.weight.dtype == torch.bfloat16 for m in layers)
+    torch.testing.assert_close(out, plain.to(torch.bfloat16)(src, mask, tgt), atol=0.05, rtol=0.02)
+
+    packed.float(), plain.float()  # back to fp32 on the CPU: packed again, the same function as the plain layers
+    assert len(layers) == n_linear and all(m.packed is not None and m.plain is None for m in layers)
+    torch.testing.assert_close(packed(src, mask, tgt), plain(src, mask, tgt), atol=1e-5, rtol=1e-5)
+    saved, ref = packed.state_dict(), plain.state_dict()  # the bf16 round trip rounded both alike
+    assert all(torch.equal(saved[k], ref[k]) for k in ref)
+
+
+@needs_onednn
+@torch.no_grad()
+def test_a_cast_packed_layer_loads_copies_and_pickles_in_its_dtype():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 5)
+    layer = PackedLinear(lin.weight, lin.bias).eval().double()
+    layer.load_state_dict(torch.nn.Linear(8, 5).state_dict())  # fp32 values copied into the layer's float64
+    assert layer.packed is None and layer.weight.dtype == layer.bias.dtype == torch.float64
+    x = torch.randn(3, 8, dtype=torch.float64)
+    for other in (copy.deepcopy(layer), torch.load(_pickled(layer), weights_only=False)):
+        assert other.weight.dtype == torch.float64 and torch.equal(other(x), layer(x))
+
+
+def _pickled(module) -> io.BytesIO:
+    buf = io.BytesIO()
+    torch.save(module, buf)
+    buf.seek(0)
+    return buf
+
+
 def _assert_fast_output_is_a_transposed_copy(model, **fast_output_options) -> None:
     """fast_output(**options) gives the plain logits through a (D, V) tensor copy, not a packed one."""
     src, mask = src_batch(random_ids([4, 2], model.cfg.src_vocab_size, seed=7))

@@ -4,9 +4,11 @@ A decoding step is mostly matrix products of a few hundred rows against fixed we
 runs them faster from a weight reordered once into its own blocked layout than MKL runs
 ``linear()`` from the plain one (``benchmarks/packed_linear.py``). Same values: results agree to
 float rounding. The reordered weight is an opaque
-tensor that takes no gradient and ignores ``.to()``, so only inference copies of a model are
+tensor that takes no gradient, so only inference copies of a model are
 packed (:meth:`seqformer.translator.Translator.load`), never one that trains; ``state_dict()``,
 copies and pickles carry the plain weight, so a packed model still saves like a plain one.
+``.to()``, ``.half()``, ``.double()`` and the like cast the plain weight; a layer so moved off
+fp32 on the CPU computes with ``linear()`` over it, and is packed again when cast back.
 Where PyTorch has no oneDNN (or its private ops change), :func:`pack_linears` packs nothing and
 the model keeps its plain layers.
 """
@@ -27,14 +29,23 @@ class PackedLinear(nn.Module):
         """weight: (out, in) float32 on CPU; bias: (out,) or None. Both are copied."""
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        # plain attributes, not buffers: the opaque tensor must stay out of .to() (state_dict: see below)
-        self.packed = _pack(weight)  # (out, in), oneDNN's layout
-        self.bias = None if bias is None else bias.detach().float().clone()  # (out,)
+        # plain attributes, not buffers: the opaque tensor must stay out of nn.Module's own .to() (see _apply)
+        self.packed: Tensor | None = None  # (out, in), oneDNN's layout; None when cast off fp32 / CPU
+        self.plain: Tensor | None = None  # (out, in), the weight itself when it cannot be packed
+        self._store(weight, bias)
+
+    def _store(self, weight: Tensor, bias: Tensor | None) -> None:
+        """Keep copies of ``weight`` (packed where oneDNN takes it, else plain) and ``bias``."""
+        weight = weight.detach()
+        self.packed, self.plain = (_pack(weight), None) if packable(weight) else (None, weight.clone())
+        self.bias = None if bias is None else bias.detach().to(weight.dtype).clone()  # (out,)
 
     def forward(self, x: Tensor) -> Tensor:
-        """x: (..., in_features) float32 on CPU. Returns (..., out_features)."""
+        """x: (..., in_features), of the weight's dtype and device. Returns (..., out_features)."""
         if self.training:
             raise RuntimeError("PackedLinear is for inference: its weight takes no gradient (pack an eval() copy)")
+        if self.packed is None:
+            return F.linear(x, self.plain, self.bias)  # (..., out)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")  # (..., out)
 
     @property
@@ -42,14 +53,22 @@ class PackedLinear(nn.Module):
         """The plain (out, in) weight, unpacked anew on each access (exactly the packed values).
 
         A copy: writing into it changes nothing; ``load_state_dict()`` repacks new weights."""
-        return self.packed.to_dense()
+        return self.packed.to_dense() if self.packed is not None else self.plain.clone()
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ARG002 - no submodules
+        # what .to(), .half(), .cuda(), .double() call: cast the plain weight, and pack it again if it is still
+        # fp32 on the CPU (an opaque packed tensor cannot be cast, nor moved)
+        weight = fn(self.weight)
+        self._store(weight, None if self.bias is None else fn(self.bias))
+        return self
 
     def __getstate__(self) -> dict:
         # copy.deepcopy and pickle cannot reach into the opaque tensor: carry the plain weight instead
-        return {**self.__dict__, "packed": self.weight}
+        return {**self.__dict__, "packed": None, "plain": self.weight}
 
     def __setstate__(self, state: dict) -> None:
-        super().__setstate__({**state, "packed": _pack(state["packed"])})
+        super().__setstate__(state)
+        self._store(state["plain"], state["bias"])
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         # the same keys as the nn.Linear it replaced, so a packed model saves and compares like a plain one
@@ -72,10 +91,11 @@ class PackedLinear(nn.Module):
             if t is not None and n in names and tuple(t.shape) != shapes[n]:
                 error_msgs.append(f"size mismatch for {prefix}{n}: expected {shapes[n]}, found {tuple(t.shape)}")
                 return
-        if weight is not None:
-            self.packed = _pack(weight)
-        if bias is not None and self.bias is not None:
-            self.bias = bias.detach().float().clone()
+        # copied into this layer's dtype and device, as nn.Linear copies into its parameters
+        now = self.packed if self.packed is not None else self.plain
+        dtype, device = (torch.float32, now.device) if self.packed is not None else (now.dtype, now.device)
+        self._store(self.weight if weight is None else weight.to(device, dtype),
+                    self.bias if bias is None or self.bias is None else bias.to(device, dtype))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
