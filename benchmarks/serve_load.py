@@ -50,7 +50,12 @@ class Run:
     errors: int
     seconds: float
     latencies: list[float]
-    mean_batch: float
+    batches: int  # model calls the server made for these requests
+    requests: int  # requests the server counted in them
+
+    @property
+    def mean_batch(self) -> float:
+        return self.requests / max(1, self.batches)
 
     def percentile(self, q: float) -> float:
         if not self.latencies:
@@ -136,22 +141,21 @@ def measure(args: argparse.Namespace, mode: str, max_batch: int, streams: int, l
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    batches = max(1, after["batches"] - before["batches"])
-    return Run(mode, max_batch, streams, sent, errors, seconds, latencies,
-               (after["requests"] - before["requests"]) / batches)
+    return Run(mode, max_batch, streams, sent, errors, seconds, latencies, after["batches"] - before["batches"],
+               after["requests"] - before["requests"])
 
 
 def pooled(runs: list[Run]) -> Run:
-    """One mode's rounds as one run: requests over seconds, every latency, batches weighted by requests."""
-    sent = sum(r.sent for r in runs)
-    mean_batch = sum(r.mean_batch * r.sent for r in runs) / max(1, sent)
-    return Run(runs[0].mode, runs[0].max_batch, runs[0].streams, sent, sum(r.errors for r in runs),
-               sum(r.seconds for r in runs), [x for r in runs for x in r.latencies], mean_batch)
+    """One mode's rounds as one run: all its requests over all its seconds, every latency, every batch."""
+    first = runs[0]
+    return Run(first.mode, first.max_batch, first.streams, sum(r.sent for r in runs), sum(r.errors for r in runs),
+               sum(r.seconds for r in runs), [x for r in runs for x in r.latencies], sum(r.batches for r in runs),
+               sum(r.requests for r in runs))
 
 
 def report(runs: list[Run], args: argparse.Namespace) -> None:
-    print(f"{args.requests} requests per mode, {args.concurrency} concurrent clients, beam {args.beam_size}, "
-          f"{args.threads} torch threads, window {args.window_ms} ms, loopback")
+    print(f"{args.requests} requests per mode and round, {args.rounds} round(s), {args.concurrency} concurrent "
+          f"clients, beam {args.beam_size}, {args.threads} torch threads, window {args.window_ms} ms, loopback")
     print(f"{'mode':<18} {'max_batch':>9} {'streams':>7} {'sent':>5} {'errors':>6} {'req/s':>8} {'p50 ms':>8} "
           f"{'p95 ms':>8} {'p99 ms':>8} {'mean batch':>10}")
     for r in runs:
@@ -184,7 +188,7 @@ def main() -> int:
     modes = [("batched", args.max_batch, 1), ("one-at-a-time", 1, 1)]
     if args.only:
         modes = modes[:1] if args.only == "batched" else modes[1:]
-    if args.streams > 1:
+    if args.streams > 1 and args.only != "single":
         modes.insert(1, ("batched, streams", args.max_batch, args.streams))
     rounds: dict[str, list[Run]] = {mode: [] for mode, _, _ in modes}
     with tempfile.NamedTemporaryFile("w+", prefix="serve_load_", suffix=".log", delete=False) as log:

@@ -266,3 +266,15 @@ def test_drain_waits_for_every_running_batch():
 def test_streams_below_one_are_refused():
     with pytest.raises(ValueError, match="streams must be >= 1, found 0"):
         Batcher(Recorder(), streams=0)
+
+
+def test_a_model_giving_the_wrong_number_of_results_fails_every_request():
+    async def main():
+        b = Batcher(lambda texts, options: texts[:-1], max_batch=8, window_s=0.02, max_queue=8)
+        b.start()
+        out = await asyncio.gather(b.submit(["a"], "A"), b.submit(["b", "c"], "A"), return_exceptions=True)
+        await b.stop()
+        return out
+
+    # was: "a" got ["a"], and "b", "c" got ["b"], one result for two texts
+    assert all(isinstance(e, RuntimeError) and "2 results for 3 texts" in str(e) for e in run(main()))

@@ -576,6 +576,15 @@ def test_streams_split_the_threads_and_keep_the_results(translator):
         assert same(replies[i]["results"][0]["translations"], translator.translate_nbest([text])[0]), text
 
 
+def test_streams_are_at_most_one_per_thread(translator):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert create_app(translator, ServeConfig(streams=4)).state.batcher.streams == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_streams_below_one_are_refused():
     with pytest.raises(ConfigError, match="streams must be >= 1, found 0"):
         ServeConfig(streams=0)

@@ -26,7 +26,7 @@ class PackedLinear(nn.Module):
     """``nn.Linear``'s forward over a weight prepacked for oneDNN; inference only."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
-        """weight: (out, in) float32 on CPU; bias: (out,) or None. Both are copied."""
+        """weight: (out, in), packed when float32 on the CPU (else kept plain); bias: (out,) or None. Both are copied."""
         super().__init__()
         self.out_features, self.in_features = weight.shape
         # plain attributes, not buffers: the opaque tensor must stay out of nn.Module's own .to() (see _apply)
@@ -68,7 +68,8 @@ class PackedLinear(nn.Module):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        self._store(state["plain"], state["bias"])
+        plain = state["plain"] if "plain" in state else state["packed"]  # pickled before casts: the weight was there
+        self._store(plain, state["bias"])
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         # the same keys as the nn.Linear it replaced, so a packed model saves and compares like a plain one

@@ -29,18 +29,20 @@ def create_app(translator: Translator, cfg: ServeConfig | None = None) -> FastAP
     from seqformer import __version__
 
     cfg = cfg or ServeConfig()
+    threads = torch.get_num_threads()
+    streams = min(cfg.streams, threads)  # at most one per CPU thread, as translate --streams
+    # each model thread sets its own share of the threads when it starts (PyTorch's count is per thread)
+    share = partial(torch.set_num_threads, threads // streams) if streams > 1 else None
     batcher = Batcher(partial(translate_batch, translator), cfg.max_batch, cfg.batch_window_ms / 1000, cfg.max_queue,
-                      streams=cfg.streams)
+                      streams=streams, thread_init=share)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, threads // cfg.streams))  # each stream's share, before its thread starts
         try:
             batcher.start()
             yield
             await batcher.stop()
-        finally:
+        finally:  # PyTorch starts new threads at the count last set anywhere: the workers' share, until here
             torch.set_num_threads(threads)
 
     app = FastAPI(title="seqformer", version=__version__, lifespan=lifespan,

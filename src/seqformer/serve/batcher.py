@@ -14,14 +14,16 @@ is closed (new requests get 503) and drained: the queue and the running batches
 finish, up to a time limit, after which what is still queued gets 503.
 
 With ``streams`` > 1, up to that many batches are computed at once, each on its own worker
-thread (the caller gives each its share of the CPU threads): while every stream is busy, the
-next batch keeps filling in the queue, and it starts as soon as one stream is free.
+thread (``thread_init`` runs first on each, e.g. to give it its share of the CPU threads):
+while every stream is busy, the next batch keeps filling in the queue; once a stream is free
+it is gathered as above (the window again, unless a full batch is already waiting).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
@@ -58,7 +60,7 @@ class Batcher:
     """Queue requests from the event loop; run them in batches on ``streams`` model threads."""
 
     def __init__(self, run: RunBatch, max_batch: int = 32, window_s: float = 0.005, max_queue: int = 256,
-                 streams: int = 1) -> None:
+                 streams: int = 1, thread_init: Callable[[], None] | None = None) -> None:
         if streams < 1:
             raise ValueError(f"streams must be >= 1, found {streams}")
         self.run = run
@@ -66,6 +68,7 @@ class Batcher:
         self.window_s = window_s
         self.max_queue = max_queue
         self.streams = streams
+        self.thread_init = thread_init
         self.stats = BatchStats()
         self._jobs: deque[_Job] = deque()
         self._queued = 0  # units in self._jobs
@@ -86,7 +89,8 @@ class Batcher:
         """Start the batching loop; call from the running event loop."""
         self._wake = asyncio.Event()
         self._free = asyncio.Semaphore(self.streams)
-        self._executor = ThreadPoolExecutor(max_workers=self.streams, thread_name_prefix="seqformer-model")
+        self._executor = ThreadPoolExecutor(max_workers=self.streams, thread_name_prefix="seqformer-model",
+                                            initializer=self.thread_init)
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     @property
@@ -174,12 +178,11 @@ class Batcher:
             self._running = [*self._running, *batch]
             task = asyncio.get_running_loop().create_task(self._execute(batch))
             self._batches.add(task)
-            task.add_done_callback(self._finished)
+            task.add_done_callback(functools.partial(self._finished, self._free))
 
-    def _finished(self, task: asyncio.Task) -> None:
+    def _finished(self, free: asyncio.Semaphore, task: asyncio.Task) -> None:
         self._batches.discard(task)
-        assert self._free is not None
-        self._free.release()
+        free.release()  # the semaphore the batch took, even if a restart made a new one since
 
     async def _gather(self) -> None:
         """Wait up to the window for more requests, unless a full batch is already queued."""
@@ -218,6 +221,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         try:  # until it returns, the batch's jobs are in self._running: stop() answers them itself
             results = await loop.run_in_executor(self._executor, self.run, texts, batch[0].options)
+            if len(results) != len(texts):  # or requests would be answered with others' results, or never
+                raise RuntimeError(f"the model returned {len(results)} results for {len(texts)} texts")
         except Exception as err:  # the model failed: every request of the batch gets the error
             self._unrun(batch)
             log.exception("batch of %d texts failed", len(texts))
