@@ -37,8 +37,10 @@ _SPLIT = threading.Lock()
 @contextlib.contextmanager
 def split_threads(parts: int) -> Iterator[None]:
     """For the duration, give each of ``parts`` threads running PyTorch at once an equal share of its CPU
-    threads (at least one), restoring the number afterwards. PyTorch's setting is process-wide, so callers
-    from other threads wait for the one inside (their own shares would overwrite each other's)."""
+    threads (at least one), restoring the number afterwards. PyTorch's setting is shared: it sets the calling
+    thread's count and the one every thread started later begins with (threads already running keep theirs), so
+    start the threads inside; callers from other threads wait for the one inside (their shares would overwrite
+    each other's)."""
     with _SPLIT:
         n = torch.get_num_threads()
         torch.set_num_threads(max(1, n // parts))
