@@ -27,8 +27,7 @@ class ServeConfig:
     batch_window_ms: float = 5.0  # how long the first queued request waits for company
     max_queue: int = 256  # sentences waiting for the model; beyond this requests get 503 (one alone always runs)
     # batches computed at once (at most one per CPU thread), each on its own thread with an equal share of the
-    # CPU threads: more throughput
-    # under load (a step's products are small), more latency for a request alone
+    # CPU threads: more throughput under load (a step's products are small), more latency for a request alone
     streams: int = 1
     max_body_bytes: int = 262_144
     max_texts: int = 32  # texts per request
