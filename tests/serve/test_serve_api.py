@@ -580,7 +580,10 @@ def test_streams_are_at_most_one_per_thread(translator):
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        assert create_app(translator, ServeConfig(streams=4)).state.batcher.streams == 2
+        app = create_app(translator, ServeConfig(streams=4))
+        assert app.state.batcher.streams == 2
+        with TestClient(app) as c:
+            assert c.get("/info").json()["limits"]["streams"] == 2  # what runs, not what was asked for
     finally:
         torch.set_num_threads(before)
 

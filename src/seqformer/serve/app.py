@@ -52,6 +52,7 @@ def create_app(translator: Translator, cfg: ServeConfig | None = None) -> FastAP
     install_error_handlers(app)
     translate_request = request_model(cfg, translator.model.cfg.tgt_vocab_size)
     info = _info(translator, cfg, __version__)
+    info["limits"]["streams"] = streams  # what runs, not what was asked for
 
     @app.post("/translate", response_model=TranslateResponse, responses=_ERRORS)
     async def translate(req: translate_request, request: Request) -> dict:
