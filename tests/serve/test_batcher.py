@@ -38,6 +38,14 @@ async def occupy(b: Batcher, rec: Recorder, text: str, options) -> asyncio.Futur
     return future
 
 
+async def occupy_streams(b: Batcher, texts: list[str], options) -> list[asyncio.Future]:
+    """Submit one request per text and wait until each is a batch of its own being computed (``max_batch=1``)."""
+    futures = [asyncio.ensure_future(b.submit([t], options)) for t in texts]
+    while len(b._batches) < len(texts):
+        await asyncio.sleep(0.005)
+    return futures
+
+
 def test_concurrent_requests_share_one_call_and_keep_their_order():
     rec = Recorder()
 
@@ -233,9 +241,7 @@ def test_stop_answers_every_running_batch():
     async def main():
         b = Batcher(rec, max_batch=1, window_s=0.0, max_queue=8, streams=2)
         b.start()
-        running = [asyncio.ensure_future(b.submit([t], "A")) for t in ("a", "b")]
-        while len(b._running) < 2:
-            await asyncio.sleep(0.005)
+        running = await occupy_streams(b, ["a", "b"], "A")
         await b.stop()
         gate.set()
         return await asyncio.gather(*running, return_exceptions=True)
@@ -250,12 +256,11 @@ def test_drain_waits_for_every_running_batch():
     async def main():
         b = Batcher(rec, max_batch=1, window_s=0.0, max_queue=8, streams=2)
         b.start()
-        running = [asyncio.ensure_future(b.submit([t], "A")) for t in ("a", "b")]
-        while len(b._running) < 2:
-            await asyncio.sleep(0.005)
+        running = await occupy_streams(b, ["a", "b"], "A")
         b.close()
         asyncio.get_running_loop().call_later(0.05, gate.set)
         await b.drain(5)
+        assert all(f.done() for f in running)  # drain returned only once both batches had answered
         out = await asyncio.gather(*running)
         await b.stop()
         return out

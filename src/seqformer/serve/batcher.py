@@ -76,8 +76,7 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._free: asyncio.Semaphore | None = None  # streams not computing a batch
-        self._batches: set[asyncio.Task] = set()  # the batches being computed
-        self._running: list[_Job] = []  # their jobs
+        self._batches: dict[asyncio.Task, list[_Job]] = {}  # the batches being computed: their jobs
         self._closed = False
 
     @property
@@ -107,7 +106,7 @@ class Batcher:
         batches to finish, then answer what is still queued with :class:`Overloaded` (running batches go on)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while (self._jobs or self._running) and loop.time() < deadline and not give_up():
+        while (self._jobs or self._batches) and loop.time() < deadline and not give_up():
             await asyncio.sleep(0.02)
         self._refuse_queued()
 
@@ -123,12 +122,12 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for task in list(self._batches):  # their results would come too late: the requests are answered below
+        for task in self._batches:  # their results would come too late: the requests are answered below
             task.cancel()
         # The batches being computed when the loop was cancelled, then everything still queued: each request
         # is answered, none left waiting on a future nobody will set.
-        self._refuse_queued(also=self._running)
-        self._running = []
+        self._refuse_queued(also=[job for batch in self._batches.values() for job in batch])
+        self._batches = {}
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -175,13 +174,12 @@ class Batcher:
                 self._free.release()
                 continue
             # counted as running from now, not from the task's first step: a stop() in between answers them
-            self._running = [*self._running, *batch]
             task = asyncio.get_running_loop().create_task(self._execute(batch))
-            self._batches.add(task)
+            self._batches[task] = batch
             task.add_done_callback(functools.partial(self._finished, self._free))
 
     def _finished(self, free: asyncio.Semaphore, task: asyncio.Task) -> None:
-        self._batches.discard(task)
+        self._batches.pop(task, None)
         free.release()  # the semaphore the batch took, even if a restart made a new one since
 
     async def _gather(self) -> None:
@@ -219,18 +217,16 @@ class Batcher:
     async def _execute(self, batch: list[_Job]) -> None:
         texts = [t for job in batch for t in job.texts]
         loop = asyncio.get_running_loop()
-        try:  # until it returns, the batch's jobs are in self._running: stop() answers them itself
+        try:  # until this task ends, the batch is in self._batches: stop() answers its jobs itself
             results = await loop.run_in_executor(self._executor, self.run, texts, batch[0].options)
             if len(results) != len(texts):  # or requests would be answered with others' results, or never
                 raise RuntimeError(f"the model returned {len(results)} results for {len(texts)} texts")
         except Exception as err:  # the model failed: every request of the batch gets the error
-            self._unrun(batch)
             log.exception("batch of %d texts failed", len(texts))
             for job in batch:
                 if not job.future.done():
                     job.future.set_exception(err)
             return
-        self._unrun(batch)
         start = 0
         for job in batch:
             if not job.future.done():
@@ -239,8 +235,3 @@ class Batcher:
         s = self.stats
         s.batches, s.requests, s.texts = s.batches + 1, s.requests + len(batch), s.texts + len(texts)
         s.largest_batch = max(s.largest_batch, len(batch))
-
-    def _unrun(self, batch: list[_Job]) -> None:
-        """The batch's jobs are no longer being computed."""
-        done = {id(job) for job in batch}
-        self._running = [job for job in self._running if id(job) not in done]
