@@ -5,6 +5,7 @@ annotations at runtime, and the request model is built inside ``create_app``.)
 """
 
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -28,13 +29,13 @@ def create_app(translator: Translator, cfg: ServeConfig | None = None) -> FastAP
     """An app serving ``translator``; the batcher starts and stops with the app's lifespan."""
     from seqformer import __version__
 
-    cfg = cfg or ServeConfig()
     threads = torch.get_num_threads()
-    streams = min(cfg.streams, threads)  # at most one per CPU thread, as translate --streams
+    cfg = cfg or ServeConfig()
+    cfg = replace(cfg, streams=min(cfg.streams, threads))  # at most one per CPU thread, as translate --streams
     # each model thread sets its own share of the threads when it starts (PyTorch's count is per thread)
-    share = partial(torch.set_num_threads, threads // streams) if streams > 1 else None
+    share = partial(torch.set_num_threads, threads // cfg.streams) if cfg.streams > 1 else None
     batcher = Batcher(partial(translate_batch, translator), cfg.max_batch, cfg.batch_window_ms / 1000, cfg.max_queue,
-                      streams=streams, thread_init=share)
+                      streams=cfg.streams, thread_init=share)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -51,8 +52,7 @@ def create_app(translator: Translator, cfg: ServeConfig | None = None) -> FastAP
     app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
     install_error_handlers(app)
     translate_request = request_model(cfg, translator.model.cfg.tgt_vocab_size)
-    info = _info(translator, cfg, __version__)
-    info["limits"]["streams"] = streams  # what runs, not what was asked for
+    info = _info(translator, cfg, __version__)  # the streams that run, not the number asked for
 
     @app.post("/translate", response_model=TranslateResponse, responses=_ERRORS)
     async def translate(req: translate_request, request: Request) -> dict:
