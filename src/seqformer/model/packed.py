@@ -93,8 +93,7 @@ class PackedLinear(nn.Module):
                 error_msgs.append(f"size mismatch for {prefix}{n}: expected {shapes[n]}, found {tuple(t.shape)}")
                 return
         # copied into this layer's dtype and device, as nn.Linear copies into its parameters
-        now = self.packed if self.packed is not None else self.plain
-        dtype, device = (torch.float32, now.device) if self.packed is not None else (now.dtype, now.device)
+        dtype, device = (self.plain.dtype, self.plain.device) if self.packed is None else (torch.float32, "cpu")
         self._store(self.weight if weight is None else weight.to(device, dtype),
                     self.bias if bias is None or self.bias is None else bias.to(device, dtype))
 
