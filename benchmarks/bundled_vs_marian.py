@@ -86,10 +86,11 @@ def batch_stream(data: PreparedData, cfg: TrainConfig, mc: ModelConfig) -> Itera
 
 
 def update(model: MarianMTModel, opt: torch.optim.Optimizer, amp: Amp, group: list[Batch], cfg: TrainConfig,
-           step: int) -> float | None:
-    """One optimizer update as seqformer's Trainer.train_step; the loss per target token, None if skipped (NaN/inf)."""
+           step: int, elapsed_s: float) -> float | None:
+    """One optimizer update as seqformer's Trainer.train_step (the rate by update count and, for a cool-down by
+    time, by ``elapsed_s`` of training so far); the loss per target token, None if skipped (NaN/inf)."""
     for g in opt.param_groups:
-        g["lr"] = scheduled_lr(step + 1, cfg)
+        g["lr"] = scheduled_lr(step + 1, cfg, elapsed_s)
     opt.zero_grad(set_to_none=True)
     n_tgt = sum(b.n_tgt_tokens for b in group)
     total = 0.0
@@ -123,7 +124,7 @@ def train_marian(model: MarianMTModel, data: PreparedData, cfg: TrainConfig, mc:
     while elapsed < seconds and not (cfg.max_steps and step >= cfg.max_steps):
         group = [next(stream) for _ in range(cfg.update_freq)]
         epoch = group[-1][0]
-        result = update(model, opt, amp, [b for _, b in group], cfg, step)
+        result = update(model, opt, amp, [b for _, b in group], cfg, step, elapsed)
         n = sum(b.n_src_tokens + b.n_tgt_tokens for _, b in group)
         now = time.perf_counter()
         elapsed, window, last = elapsed + now - last, (window[0] + n, window[1] + now - last), now
@@ -146,7 +147,8 @@ def train_and_save(recipe: str, work: Path, minutes: float, overrides: dict) -> 
     """Build MarianMTModel from the recipe (its train fields updated by ``overrides``), train it for
     ``minutes``, save it with its tokenizer in ``work``."""
     train_fields, model_fields = load_recipe(Path(recipe))
-    cfg = from_dict(TrainConfig, {**train_fields, **overrides})
+    # the clock that stops it is the one a cool-down by time (cooldown_minutes) runs out on
+    cfg = from_dict(TrainConfig, {**train_fields, **overrides, "max_minutes": minutes})
     data, origin = prepare_data(cfg, work)
     mc = build_model_config(cfg, data, model_fields)
     print(f"# MarianMTModel by {recipe}: {len(data.train)} training pairs, tokenizer {origin}, "

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import signal
+import types
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from seqformer import TrainConfig, Translator
 from seqformer.data.batching import bucket_batches, collate
 from seqformer.errors import ConfigError, TrainingStopped
 from seqformer.training import checkpoint as ckpt
+from seqformer.training import trainer as trainer_mod
 from seqformer.training.average import average_checkpoints
 from seqformer.training.optim import batch_loss, inverse_sqrt_lr, scheduled_lr, smoothed_loss
 from seqformer.training.trainer import Trainer
@@ -138,6 +140,44 @@ def test_a_run_without_a_cooldown_resumes_into_one_exactly(tmp_path, spm_file):
     assert lrs[k:] == pytest.approx([inverse_sqrt_lr(k, 2e-3, 4) * (k - i) / (k + 1) for i in range(k)])
 
 
+class _Clock:
+    """The trainer's time.perf_counter: one second per call, so that every update takes exactly one second."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_a_cooldown_by_time_reaches_zero_with_the_clock_and_resumes_exactly(tmp_path, spm_file, monkeypatch, caplog):
+    """max_minutes=0.2 with cooldown_minutes=0.1, each update one second by the clock: 12 updates, the first 6 at
+    the inverse-sqrt rate, update s > 6 at that rate times (13 - s) / 6, the share of the last 6 seconds still left
+    when it began. Stopped after 9 updates by max_steps (which says the cool-down was cut) and resumed without
+    that limit, it is the uninterrupted run exactly: the rate follows the elapsed time the checkpoint kept."""
+    import logging
+
+    monkeypatch.setattr(trainer_mod, "time", types.SimpleNamespace(perf_counter=_Clock().perf_counter))
+    timed = dict(max_minutes=0.2, cooldown_minutes=0.1)
+    full = seqformer.train(dataclasses.replace(_resume_config(tmp_path, spm_file, "full", 0), **timed),
+                           RESUME_MODEL, progress=False)
+    expected = [(r["step"], r["loss"], r["lr"]) for r in _log(full) if "loss" in r]
+    assert [lr for _, _, lr in expected] == pytest.approx(
+        [inverse_sqrt_lr(s, 2e-3, 4) * min(1.0, (13 - s) / 6) for s in range(1, 13)])
+
+    with caplog.at_level(logging.WARNING, logger="seqformer"):
+        seqformer.train(dataclasses.replace(_resume_config(tmp_path, spm_file, "parts", 9), **timed),
+                        RESUME_MODEL, progress=False)
+    assert "--max-steps ended the run 0.05 minutes before max_minutes=0.2: the cool-down over the last 0.1 minutes " \
+           "did not run to its end" in caplog.text
+    parts = seqformer.train(dataclasses.replace(_resume_config(tmp_path, spm_file, "parts", 0), **timed),
+                            RESUME_MODEL, resume=True, progress=False)
+    assert [(r["step"], r["loss"], r["lr"]) for r in _log(parts) if "loss" in r] == expected
+    a, b = load_file(full / "model.safetensors"), load_file(parts / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+
+
 def test_a_resume_keeps_the_runs_tokenizer_whatever_the_command_says(tmp_path, spm_file):
     """A run trained with --tokenizer and resumed without it (or with another one) must not train or take a
     new tokenizer: its checkpoint's weights are in the first one's ids. Resumed without the flag, it is the
@@ -186,6 +226,32 @@ def test_cooldown_schedule():
 def test_a_cooldown_needs_a_max_steps_to_end_at(fields):
     with pytest.raises(ConfigError, match="cooldown_steps"):
         TrainConfig(**fields)
+
+
+def test_cooldown_by_time_schedule():
+    """The rate is the inverse-sqrt one until the last cooldown_minutes, then scaled by the share of them left."""
+    cfg = TrainConfig(lr=1e-3, warmup_steps=4, max_minutes=10, cooldown_minutes=4)
+    plain = TrainConfig(lr=1e-3, warmup_steps=4, max_minutes=10)
+    for step in (1, 3, 50, 900):
+        base = inverse_sqrt_lr(step, 1e-3, 4)
+        assert [scheduled_lr(step, plain, t) for t in (0.0, 359.0, 500.0, 700.0)] == [base] * 4  # no clock without one
+        assert [scheduled_lr(step, cfg, t) for t in (0.0, 360.0)] == [base, base]
+        assert [scheduled_lr(step, cfg, t) for t in (420.0, 480.0, 540.0)] == pytest.approx([base * 0.75, base / 2,
+                                                                                            base / 4])
+        assert [scheduled_lr(step, cfg, t) for t in (600.0, 650.0)] == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("fields", [dict(cooldown_minutes=1.0), dict(cooldown_minutes=2.0, max_minutes=1.0),
+                                    dict(cooldown_minutes=-1.0, max_minutes=1.0),
+                                    dict(cooldown_minutes=float("nan"), max_minutes=1.0)])
+def test_a_cooldown_by_time_needs_a_max_minutes_to_end_at(fields):
+    with pytest.raises(ConfigError, match=r"cooldown_minutes needs max_minutes .* found cooldown_minutes="):
+        TrainConfig(max_steps=10, **fields)
+
+
+def test_a_run_has_one_cooldown():
+    with pytest.raises(ConfigError, match="give one cool-down, by updates or by time"):
+        TrainConfig(max_steps=10, warmup_steps=0, cooldown_steps=5, max_minutes=2.0, cooldown_minutes=1.0)
 
 
 def test_a_cooldown_cannot_start_inside_the_warmup():

@@ -127,6 +127,7 @@ class TrainConfig:
     lr: float = 1e-3
     warmup_steps: int = 1000
     cooldown_steps: int = 0  # the last N updates before max_steps: lr falls linearly, to 1/(N+1) of its start
+    cooldown_minutes: float = 0.0  # the last M minutes before max_minutes: lr scaled down linearly by time left
     adam_betas: tuple[float, float] = (0.9, 0.98)
     adam_eps: float = 1e-9
     weight_decay: float = 0.0
@@ -169,6 +170,12 @@ class TrainConfig:
                f"the cool-down would start at update {self.max_steps - self.cooldown_steps}, inside the "
                f"{self.warmup_steps} warmup updates (and from a learning rate still warming up): "
                f"cooldown_steps must be <= max_steps - warmup_steps = {self.max_steps - self.warmup_steps}")
+        _check(0 <= self.cooldown_minutes <= self.max_minutes,  # NaN fails both comparisons
+               f"cooldown_minutes needs max_minutes (the cool-down ends there) and must be >= 0 and <= max_minutes, "
+               f"found cooldown_minutes={self.cooldown_minutes}, max_minutes={self.max_minutes}")
+        _check(not (self.cooldown_minutes and self.cooldown_steps),
+               f"give one cool-down, by updates or by time, found cooldown_steps={self.cooldown_steps} and "
+               f"cooldown_minutes={self.cooldown_minutes}")
         _check(self.max_len > 2, f"max_len must be > 2, found {self.max_len}")
         _check(self.clip_norm >= 0, f"clip_norm must be >= 0 (0: no clipping), found {self.clip_norm}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, found {self.weight_decay}")

@@ -1,5 +1,6 @@
 """The optimisation recipe: Adam(0.9, 0.98, 1e-9), linear warmup then inverse-sqrt decay (optionally
-ending in a linear cool-down towards zero), and the label-smoothed loss computed only on real (non-padding) target positions."""
+ending in a linear cool-down towards zero, by updates or by time), and the label-smoothed loss computed only on
+real (non-padding) target positions."""
 
 from __future__ import annotations
 
@@ -21,14 +22,22 @@ def inverse_sqrt_lr(step: int, peak: float, warmup: int) -> float:
     return peak * min(step / warmup, math.sqrt(warmup / step))
 
 
-def scheduled_lr(step: int, cfg: TrainConfig) -> float:
-    """The recipe's learning rate at (1-based) ``step``.
+def scheduled_lr(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
+    """The recipe's learning rate at (1-based) ``step``, taken after ``elapsed_s`` seconds of training.
 
     Inverse-sqrt throughout, except over the last ``cooldown_steps`` updates before ``max_steps``, where it
     falls linearly from the inverse-sqrt value at the start of the cool-down towards zero (reaching
     1/(cooldown_steps+1) of it at ``max_steps``). Up to the start of the cool-down the two schedules are the
     same, so a run trained without one can be resumed into one.
+
+    With ``cooldown_minutes`` the cool-down is by the clock, for a run whose length is ``max_minutes``:
+    over the last M minutes the inverse-sqrt value is scaled by the share of the M minutes still left, so
+    the rate reaches zero when the time does, however many updates the machine managed by then.
     """
+    if cfg.cooldown_minutes:
+        left_s = cfg.max_minutes * 60 - elapsed_s
+        share = min(max(left_s / (cfg.cooldown_minutes * 60), 0.0), 1.0)
+        return inverse_sqrt_lr(step, cfg.lr, cfg.warmup_steps) * share
     start = cfg.max_steps - cfg.cooldown_steps
     if not cfg.cooldown_steps or step <= start:
         return inverse_sqrt_lr(step, cfg.lr, cfg.warmup_steps)

@@ -46,7 +46,7 @@ from seqformer.training.validate import validate
 __all__ = ["Trainer", "bf16_supported", "build_model_config", "train"]
 DATA_ORDER_FIELDS = ("train", "max_len", "max_tokens", "update_freq", "seed")  # what the batches depend on
 # what the updates from here on depend on (a resume without the run's --config changed them unsaid)
-SCHEDULE_FIELDS = ("lr", "warmup_steps", "cooldown_steps", "label_smoothing", "clip_norm", "precision")
+SCHEDULE_FIELDS = ("lr", "warmup_steps", "cooldown_steps", "cooldown_minutes", "label_smoothing", "clip_norm", "precision")
 STOP_FIELDS = ("max_steps", "epochs", "max_minutes")  # raised on purpose to extend a run: said, not warned
 VALIDATION_FIELDS = ("valid", "valid_bleu_lines", "valid_beam_size")  # what the best model was chosen by
 RECIPE_CHANGES = (  # fields, how loudly a change is said, what it means
@@ -216,7 +216,7 @@ class Trainer:
     def train_step(self, group: Group) -> dict[str, float]:
         """One optimizer update; the loss is normalised by the global batch's target tokens."""
         self.model.train()
-        lr = scheduled_lr(self.state.step + 1, self.cfg)
+        lr = scheduled_lr(self.state.step + 1, self.cfg, self.state.elapsed_s)
         for g in self.opt.param_groups:
             g["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
@@ -256,9 +256,9 @@ class Trainer:
     def done(self) -> bool:
         c, s = self.cfg, self.state
         if c.max_steps and s.step >= c.max_steps:
-            return True
+            return self._before_the_clock("max_steps")
         if c.epochs and s.epoch + (s.batch_in_epoch >= len(self.epoch_batches())) >= c.epochs:
-            return True  # the last epoch ends with its last batch, not when the next one is asked for
+            return self._before_the_clock("epochs")  # the last epoch ends with its last batch, not when the next one is asked for
         # The time limit is rank 0's clock alone (the vote in fit() tells the others): another rank's also counts
         # its wait while rank 0 validates or writes a checkpoint, and would end the run early by that much.
         if c.max_minutes and self.dist.is_main and s.elapsed_s >= c.max_minutes * 60:
@@ -272,6 +272,18 @@ class Trainer:
             log.info("early stop: no validation improvement in %d checks", c.patience)
             return True
         return self.stop_signal is not None
+
+    def _before_the_clock(self, limit: str) -> bool:
+        """A run stopped by ``limit`` before ``max_minutes``: say so when that cuts a cool-down by time (its rate
+        falls by the time left, so the model ends at more than the rate asked for). Returns True: stop."""
+        c, s = self.cfg, self.state
+        left = c.max_minutes - s.elapsed_s / 60
+        if c.cooldown_minutes and left > 0 and self.dist.is_main:
+            log.warning("--%s ended the run %.3g minutes before max_minutes=%g: the cool-down over the last %g minutes "
+                        "%s (lr %.3g now)", limit.replace("_", "-"), left, c.max_minutes, c.cooldown_minutes,
+                        "did not run to its end" if left < c.cooldown_minutes else "never began",
+                        scheduled_lr(s.step, c, s.elapsed_s))
+        return True
 
     def save(self) -> None:
         """Write a checkpoint: every rank contributes its RNG state, rank 0 writes the file."""
