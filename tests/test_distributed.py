@@ -135,6 +135,26 @@ def test_the_time_limit_is_rank_zeros_clock():
     assert Trainer.done(rank0) is True
 
 
+def test_a_cooldown_by_time_follows_rank_zeros_clock_on_every_rank():
+    """Each rank computes its own learning rate: by its own clock (rank 1's counts its waits on rank 0) a cool-down
+    by time would give the ranks different rates, and their weights would drift apart. Every rank takes rank 0's."""
+    from types import SimpleNamespace
+
+    from seqformer import TrainConfig
+    from seqformer.training.checkpoint import TrainState
+    from seqformer.training.trainer import Trainer
+
+    def clock(cfg, elapsed, is_main, other_ranks):  # all_sum: this rank's value plus the others' (rank 0's: 59 s)
+        return Trainer._clock(SimpleNamespace(cfg=cfg, state=TrainState(elapsed_s=elapsed), device="cpu",
+                                              dist=SimpleNamespace(active=True, is_main=is_main,
+                                                                   all_sum=lambda t: t + other_ranks)))
+
+    timed = TrainConfig(max_minutes=2.0, cooldown_minutes=1.0)
+    assert clock(timed, 61.0, is_main=False, other_ranks=59.0) == 59.0
+    assert clock(timed, 59.0, is_main=True, other_ranks=0.0) == 59.0
+    assert clock(TrainConfig(max_minutes=2.0), 61.0, is_main=False, other_ranks=59.0) == 61.0  # no collective needed
+
+
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
 def test_wrapping_for_several_processes_warns_of_nothing(tmp_path):
     """DDP's old buffer flag draws a FutureWarning on every rank in PyTorch >= 2.13: users saw it twice."""

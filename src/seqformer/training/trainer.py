@@ -216,7 +216,7 @@ class Trainer:
     def train_step(self, group: Group) -> dict[str, float]:
         """One optimizer update; the loss is normalised by the global batch's target tokens."""
         self.model.train()
-        lr = scheduled_lr(self.state.step + 1, self.cfg, self.state.elapsed_s)
+        lr = scheduled_lr(self.state.step + 1, self.cfg, self._clock())
         for g in self.opt.param_groups:
             g["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
@@ -240,6 +240,14 @@ class Trainer:
         self.state.step += 1
         return {"loss": total_loss / group.n_tgt, "nll": total_nll / group.n_tgt, "lr": lr,
                 "tokens": group.n_tgt + group.n_src, "gnorm": float(gnorm)}
+
+    def _clock(self) -> float:
+        """The training time a cool-down by time follows: rank 0's, on every rank (another rank's clock also counts
+        its waits while rank 0 validates or saves), so that all ranks update with the same rate."""
+        if not (self.cfg.cooldown_minutes and self.dist.active):
+            return self.state.elapsed_s
+        mine = torch.tensor([self.state.elapsed_s if self.dist.is_main else 0.0], dtype=torch.float64, device=self.device)
+        return float(self.dist.all_sum(mine)[0])
 
     def _skip_step(self, unscaled: bool) -> dict[str, float]:
         self.opt.zero_grad(set_to_none=True)
