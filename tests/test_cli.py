@@ -78,16 +78,41 @@ def test_translate_json_nbest(run_dir, capsys):
         assert len(hyps) == 2
         assert [h["text"] for h in hyps] == [t.text for t in nbest]
         assert hyps[0]["score"] >= hyps[1]["score"]
-        assert {"text", "score", "logprob", "tokens"} <= set(hyps[0])
         assert "attention" not in hyps[0]
+    # The numbers themselves: logprob is the model's teacher-forced log-probability of the tokens and </s>,
+    # score that divided by their count (length penalty 1, the default)
+    tr = Translator.load(run_dir)
+    for source, record in zip(SOURCES, records):
+        for hyp in record["translations"]:
+            ids = [tr.tokenizer.tgt.piece_to_id(p) for p in hyp["tokens"]]
+            assert hyp["logprob"] == pytest.approx(_teacher_forced_logprob(tr, source, ids), abs=1e-4)
+            assert hyp["score"] == pytest.approx(hyp["logprob"] / (len(ids) + 1), abs=1e-6)
+
+
+def _teacher_forced_logprob(tr: Translator, source: str, ids: list[int]) -> float:
+    """log P(ids, </s> | source) from one forward pass of the whole target (no cache, no search)."""
+    mc = tr.model.cfg
+    src = torch.tensor([tr.tokenizer.encode_src([source])[0] + [mc.eos_id]])  # (1, S)
+    tgt_in = torch.tensor([[mc.decoder_start_id, *ids]])  # (1, T)
+    with torch.no_grad():
+        lp = tr.model(src, src.eq(mc.pad_id), tgt_in).float().log_softmax(-1)[0]  # (T, V)
+    return float(sum(lp[i, t] for i, t in enumerate([*ids, mc.eos_id])))
 
 
 def test_translate_json_attention(run_dir, capsys):
-    assert call_main("translate", "--model", run_dir, "--json", "--attention", "a b c") == 0
-    (hyp,) = json.loads(capsys.readouterr().out)["translations"][:1]
-    assert len(hyp["attention"]) == len(hyp["tokens"]) + 1  # one row per output token and </s>
-    assert len(hyp["attention"][0]) == len(hyp["src_tokens"]) == 4  # a b c </s>
-    assert all(sum(row) == pytest.approx(1.0, abs=1e-4) for row in hyp["attention"])
+    # texts of different lengths share a batch: each one's attention must still cover its own source
+    # tokens only (no padding columns) and equal its attention when translated alone
+    assert call_main("translate", "--model", run_dir, "--json", "--attention", *SOURCES) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    tr = Translator.load(run_dir)
+    for source, record in zip(SOURCES, records):
+        hyp = record["translations"][0]
+        assert len(hyp["attention"]) == len(hyp["tokens"]) + 1  # one row per output token and </s>
+        assert hyp["src_tokens"] == [*tr.tokenizer.src_pieces(source), "</s>"]
+        assert all(len(row) == len(hyp["src_tokens"]) for row in hyp["attention"])
+        assert all(sum(row) == pytest.approx(1.0, abs=1e-4) for row in hyp["attention"])
+        (alone,) = tr.translate_nbest([source], need_attention=True)[0][:1]
+        assert torch.allclose(torch.tensor(hyp["attention"]), torch.tensor(alone.attention), atol=1e-5)
 
 
 def test_evaluate_prints_bleu_and_chrf_with_signatures(run_dir, tmp_path, capsys):
