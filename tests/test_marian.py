@@ -222,20 +222,27 @@ def test_a_marian_config_without_a_needed_key_names_the_file_and_key(marian, tmp
     assert f"{broken / 'config.json'}: missing key 'd_model'" in capsys.readouterr().err  # was: KeyError traceback
 
 
-def test_threads_and_int8(marian, tmp_path, capsys):
+def test_threads_and_int8(marian, tmp_path, capsys, monkeypatch):
     path, _, _ = marian
     fp32 = Translator.load(path).translate(TEXTS, beam_size=2)
     int8 = Translator.load(path, quantize="int8")
     assert isinstance(int8.model.decoder.layers[0].ffn.fc1, torch.ao.nn.quantized.dynamic.Linear)
     assert len(int8.translate(TEXTS, beam_size=2)) == len(fp32)
+    # the CLI's --quantize reaches the loader as it is given ("none": no quantization), and its output is the
+    # quantized model's
+    asked, load = [], Translator.load.__func__
+    monkeypatch.setattr(Translator, "load", classmethod(lambda cls, p=None, quantize=None: asked.append(quantize)
+                                                        or load(cls, p, quantize=quantize)))
     threads = torch.get_num_threads()
     try:
-        assert main(["translate", "--model", str(path), "--threads", "1", "--quantize", "int8", "--beam-size", "2",
-                     TEXTS[0]]) == 0
-        assert torch.get_num_threads() == 1
+        for mode in ("int8", "none"):
+            assert main(["translate", "--model", str(path), "--threads", "1", "--quantize", mode, "--beam-size", "2",
+                         TEXTS[0]]) == 0
+            assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
-    assert len(capsys.readouterr().out.splitlines()) == 1
+    assert asked == ["int8", None]
+    assert capsys.readouterr().out.splitlines() == [int8.translate(TEXTS[:1], beam_size=2)[0], fp32[0]]
 
 
 def test_fine_tuning_an_imported_model_keeps_its_ids(marian, tmp_path):
