@@ -71,7 +71,20 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(data_dir, tmp_pa
 def test_fp16_needs_a_gpu():
     with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
         amp.Amp("fp16", torch.device("cpu"))
-    assert amp.resolve_precision("auto", torch.device("cpu")) in ("bf16", "fp32")
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_auto_precision_is_bf16_where_the_device_has_it(monkeypatch, bf16):
+    """"auto" (every run's default): bf16 where the device computes it, else fp32 on a CPU (emulated bf16 is
+    several times slower) and fp16 on a GPU; a precision asked for by name is kept."""
+    seen = []
+    monkeypatch.setattr(amp, "bf16_supported", lambda device=None: seen.append(device.type) or bf16)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert amp.resolve_precision("auto", cpu) == ("bf16" if bf16 else "fp32")
+    assert amp.resolve_precision("auto", gpu) == ("bf16" if bf16 else "fp16")
+    assert seen == ["cpu", "cuda"]  # each asked about its own device
+    assert [amp.resolve_precision(p, cpu) for p in ("fp32", "bf16")] == ["fp32", "bf16"]
+    assert amp.resolve_precision("fp16", gpu) == "fp16"
 
 
 def test_fp16_loss_scale_is_checkpointed_and_resumed(data_dir, tmp_path, monkeypatch):
