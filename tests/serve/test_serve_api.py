@@ -19,9 +19,11 @@ import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from seqformer.cli import main  # noqa: E402
+from seqformer.config import to_dict  # noqa: E402
 from seqformer.errors import ConfigError  # noqa: E402
 from seqformer.serve.app import create_app  # noqa: E402
 from seqformer.serve.settings import ServeConfig  # noqa: E402
+from seqformer.translator import Translator  # noqa: E402
 
 from .serve_helpers import sentences  # noqa: E402
 
@@ -330,8 +332,16 @@ def test_cli_serve_answers_over_http(tiny_model_dir):
             except httpx.HTTPError:
                 time.sleep(0.2)
         reply = httpx.post(url + "/translate", json={"texts": ["A dog.", "A cat."]}, timeout=30)
-        assert reply.status_code == 200 and len(reply.json()["results"]) == 2
-        assert httpx.get(url + "/info").json()["limits"]["max_texts"] == 4
+        assert reply.status_code == 200
+        # the model it was given (not the bundled one), with the default search
+        want = Translator.load(tiny_model_dir).translate_nbest(["A dog.", "A cat."])
+        got = [r["translations"] for r in reply.json()["results"]]
+        assert [[h["text"] for h in hyps] for hyps in got] == [[t.text for t in hyps] for hyps in want]
+        assert [h["score"] for hyps in got for h in hyps] == pytest.approx([t.score for hyps in want for t in hyps],
+                                                                           abs=1e-5)
+        info = httpx.get(url + "/info").json()
+        assert info["model_config"] == to_dict(Translator.load(tiny_model_dir).model.cfg)
+        assert info["limits"]["max_texts"] == 4 and info["limits"]["max_queue"] == 8
         too_many = httpx.post(url + "/translate", json={"texts": ["a"] * 5}, timeout=30)
         assert too_many.status_code == 422 and too_many.json()["field"] == "texts"
     finally:
