@@ -64,6 +64,23 @@ def test_cli_writes_a_png(tiny_model_dir, tmp_path, capsys, translator):
     assert one_head.read_bytes()[:8] == PNG_MAGIC
 
 
+def test_cli_plots_the_layer_and_head_it_names(tiny_model_dir, tmp_path, monkeypatch, translator):
+    """What reaches the plot: the named head's matrix (not the average), with the source tokens as columns and
+    the output tokens and </s> as rows."""
+    from seqformer import plot
+
+    drawn = []
+    monkeypatch.setattr(plot, "plot_attention", lambda matrix, src, tgt, out, title: drawn.append((matrix, src, tgt)))
+    assert main(["attention", TEXT, "--out", str(tmp_path / "x.png"), "--model", str(tiny_model_dir),
+                 "--layer", "1", "--head", "0", "--beam-size", "2"]) == 0
+    (matrix, src, tgt), = drawn
+    hyp = translator.translate_nbest([TEXT], need_attention=True, per_head=True, split=False, beam_size=2)[0][0]
+    heads = torch.tensor(hyp.head_attention)  # (L, H, T, S)
+    assert torch.allclose(torch.tensor(matrix), heads[1, 0], atol=1e-6)
+    assert not torch.allclose(torch.tensor(matrix), heads.mean(dim=(0, 1)), atol=1e-4)
+    assert (src, tgt) == (hyp.src_tokens, [*hyp.tokens, "</s>"])
+
+
 def test_cli_rejects_a_missing_layer(tiny_model_dir, tmp_path, capsys):
     assert main(["attention", TEXT, "--out", str(tmp_path / "x.png"), "--model", str(tiny_model_dir),
                  "--layer", "9"]) == 1

@@ -123,6 +123,11 @@ def test_attention_on_request(client, translator):
     per_head = heads["results"][0]["translations"][0]["head_attention"]
     mc = translator.model.cfg
     assert (len(per_head), len(per_head[0]), len(per_head[0][0])) == (mc.n_decoder_layers, mc.n_heads, len(rows))
+    # the values: the translator's, per head (rounded to 4 places by the service) and averaged
+    want = translator.translate_nbest([text], need_attention=True, per_head=True)[0][0]
+    assert torch.allclose(torch.tensor(per_head), torch.tensor(want.head_attention), atol=1e-4)
+    assert torch.allclose(torch.tensor(rows), torch.tensor(want.attention), atol=1e-5)
+    assert src == want.src_tokens
     # L x H x T x S numbers per hypothesis: one text at a time (a full batch of them could be gigabytes)
     many = client.post("/translate", json={"texts": [text, text], "attention_heads": True})
     assert many.status_code == 422 and many.json()["field"] == "attention_heads"
