@@ -468,12 +468,15 @@ def test_a_sentence_translated_as_nothing_adds_no_space_when_joined():
 
 
 @pytest.mark.filterwarnings("ignore:.*outside the model's vocabulary")
-def test_unknown_characters_do_not_crash(model_dir):
+def test_odd_characters_are_copied_dropped_or_translated_as_alone(model_dir):
     translator = Translator.load(model_dir)
     texts = ["日本語 ☃ a b", "Ω", "\u200b", "a\u0000b", "🙂" * 5]
     for options in (dict(beam_size=1), dict(beam_size=3)):
         out = translator.translate(texts, **options)
-        assert len(out) == len(texts) and all(isinstance(t, str) for t in out)
+        assert out == [translator.translate([t], **options)[0] for t in texts]  # no text disturbs its batch
+        assert "☃" in out[0]  # a symbol is held out of the model and put back
+        assert out[2] == ""  # nothing the model can read: nothing invented
+        assert out[4] == "🙂" * 5  # only symbols: they are the translation
 
 
 def test_letters_the_vocabulary_cannot_spell_are_named_in_one_warning(model_dir):
