@@ -59,6 +59,36 @@ def test_page_is_served(client):
     assert 'id="heatmap"' in page.text and 'id="translate"' in page.text
 
 
+def test_the_page_sends_what_the_service_takes(client):
+    """The page's script builds its request body itself (the browser test that runs it is skipped without
+    Chromium): every field it sends is one the strict request schema takes, and bodies built as it builds them
+    from its default inputs, with and without sampling, are answered (an unknown field is a 422)."""
+    import re
+
+    page = client.get("/").text
+    script = page[page.index("function requestBody()") :]
+    script = script[: script.index("\n}\n")]
+    sent = set(re.findall(r"\b([a-z_]+): (?:num\(|\$\(|true)", script))
+    assert sent == {"text", "beam_size", "nbest", "length_penalty", "sampling", "split", "attention", "attention_heads",
+                    "temperature", "top_k", "top_p"}  # what the script was written to send: found, not assumed
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["TranslateRequest"]["properties"]
+    assert sent <= set(schema)
+
+    def number(v: str) -> float | int:  # as JavaScript's Number() and JSON.stringify write the input's value
+        return int(float(v)) if float(v).is_integer() else float(v)
+
+    inputs = {k: number(v) for k, v in re.findall(r'id="(\w+)"[^>]*value="([^"]*)"', page)}
+    beam = {"text": "A dog.", "beam_size": inputs["beam_size"], "nbest": min(inputs["nbest_n"], inputs["beam_size"]),
+            "length_penalty": inputs["length_penalty"], "sampling": False, "split": True, "attention": True,
+            "attention_heads": True}
+    sample = {**{k: v for k, v in beam.items() if k != "beam_size"}, "sampling": True, "nbest": inputs["nbest_n"],
+              **{k: inputs[k] for k in ("temperature", "top_k", "top_p")}}
+    for body in (beam, sample):
+        reply = client.post("/translate", json=body)
+        assert reply.status_code == 200, reply.text
+        assert len(reply.json()["results"][0]["translations"]) == body["nbest"]
+
+
 def test_single_text_matches_translator(client, translator):
     text = "The small cat sees a dog."
     body = client.post("/translate", json={"text": text, "beam_size": 4, "nbest": 2}).json()
