@@ -91,6 +91,11 @@ def test_translate_shows_nbest_and_heatmap(page, translator):
     page.select_option("#layer", "1")  # one layer, one head
     page.select_option("#head", "2")
     sync_api.expect(cells).to_have_count(rows * cols)
+    # the heatmap now shows that head: its darkest cell (the service rounds per-head weights to 4 places)
+    heads = translator.translate_nbest([TEXT], need_attention=True, per_head=True, beam_size=4, nbest=3)[0][0]
+    head_max = max(round(x, 4) for row in heads.head_attention[1][2] for x in row)
+    assert f"{head_max:.3f}" != f"{darkest:.3f}"  # the two views differ, so showing the named one means something
+    sync_api.expect(page.locator("#attention-scale")).to_contain_text(f"{head_max:.3f}")
     items.nth(1).click()  # another alternative: its heatmap replaces the first
     sync_api.expect(items.nth(1)).to_have_class("selected")
     rows_alt = len(expected[1].tokens) + 1
