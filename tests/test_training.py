@@ -151,7 +151,7 @@ class _Clock:
         return self.now
 
 
-def test_a_cooldown_by_time_reaches_zero_with_the_clock_and_resumes_exactly(tmp_path, spm_file, monkeypatch, caplog):
+def test_a_cooldown_by_time_follows_the_clock_and_resumes_exactly(tmp_path, spm_file, monkeypatch, caplog):
     """max_minutes=0.2 with cooldown_minutes=0.1, each update one second by the clock: 12 updates, the first 6 at
     the inverse-sqrt rate, update s > 6 at that rate times (13 - s) / 6, the share of the last 6 seconds still left
     when it began. Stopped after 9 updates by max_steps (which says the cool-down was cut) and resumed without
@@ -171,6 +171,7 @@ def test_a_cooldown_by_time_reaches_zero_with_the_clock_and_resumes_exactly(tmp_
                         RESUME_MODEL, progress=False)
     assert "--max-steps ended the run 0.05 minutes before max_minutes=0.2: the cool-down over the last 0.1 minutes " \
            "did not run to its end" in caplog.text
+    assert "inside the 4 warmup updates" not in caplog.text  # the cool-down began at update 7
     parts = seqformer.train(dataclasses.replace(_resume_config(tmp_path, spm_file, "parts", 0), **timed),
                             RESUME_MODEL, resume=True, progress=False)
     assert [(r["step"], r["loss"], r["lr"]) for r in _log(parts) if "loss" in r] == expected
@@ -241,17 +242,44 @@ def test_cooldown_by_time_schedule():
         assert [scheduled_lr(step, cfg, t) for t in (600.0, 650.0)] == [0.0, 0.0]
 
 
-@pytest.mark.parametrize("fields", [dict(cooldown_minutes=1.0), dict(cooldown_minutes=2.0, max_minutes=1.0),
-                                    dict(cooldown_minutes=-1.0, max_minutes=1.0),
-                                    dict(cooldown_minutes=float("nan"), max_minutes=1.0)])
-def test_a_cooldown_by_time_needs_a_max_minutes_to_end_at(fields):
-    with pytest.raises(ConfigError, match=r"cooldown_minutes needs max_minutes .* found cooldown_minutes="):
+@pytest.mark.parametrize("fields, error", [
+    (dict(cooldown_minutes=1.0), "cooldown_minutes needs max_minutes .* found cooldown_minutes=1.0, max_minutes=0.0"),
+    (dict(cooldown_minutes=2.0, max_minutes=1.0), "needs max_minutes .* found cooldown_minutes=2.0, max_minutes=1.0"),
+    (dict(cooldown_minutes=-1.0, max_minutes=1.0), "cooldown_minutes must be a number >= 0, found -1.0"),
+    (dict(cooldown_minutes=float("nan"), max_minutes=1.0), "cooldown_minutes must be a number >= 0, found nan")])
+def test_a_cooldown_by_time_needs_a_max_minutes_to_end_at(fields, error):
+    with pytest.raises(ConfigError, match=error):
         TrainConfig(max_steps=10, **fields)
 
 
 def test_a_run_has_one_cooldown():
     with pytest.raises(ConfigError, match="give one cool-down, by updates or by time"):
         TrainConfig(max_steps=10, warmup_steps=0, cooldown_steps=5, max_minutes=2.0, cooldown_minutes=1.0)
+
+
+def test_a_cooldown_by_time_needs_the_time():
+    """Leaving the elapsed time out must not give the undecayed rate silently."""
+    with pytest.raises(ValueError, match="needs the elapsed time"):
+        scheduled_lr(5, TrainConfig(max_minutes=2.0, cooldown_minutes=1.0))
+
+
+def test_a_cooldown_by_time_inside_the_warmup_and_a_moved_end_are_said(tmp_path, spm_file, monkeypatch, caplog):
+    """A cool-down by time that begins inside the warmup (here at update 2: warmup 4 updates of one second,
+    cool-down over all 6 seconds) keeps the rate below its peak: one warning. A resume that moves where the
+    cool-down ends (max_minutes raised) moves the rate at once: a warning naming the rate before and after."""
+    import logging
+
+    monkeypatch.setattr(trainer_mod, "time", types.SimpleNamespace(perf_counter=_Clock().perf_counter))
+    cfg = dataclasses.replace(_resume_config(tmp_path, spm_file, "run", 0), max_minutes=0.1, cooldown_minutes=0.1)
+    with caplog.at_level(logging.WARNING, logger="seqformer"):
+        seqformer.train(cfg, RESUME_MODEL, progress=False)
+    assert caplog.text.count("the cool-down by time began at update 2, inside the 4 warmup updates") == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="seqformer"):
+        seqformer.train(dataclasses.replace(cfg, max_minutes=0.2), RESUME_MODEL, resume=True, progress=False)
+    rate = inverse_sqrt_lr(7, 2e-3, 4)  # update 7, 6 of the 6 cool-down seconds left now: the full rate
+    assert f"--resume: the cool-down by time now ends at max_minutes=0.2 (over its last 0.1 minutes), it ended at " \
+           f"0.1 (over 0.1): the rate at update 7 goes from 0 to {rate:.3g}" in caplog.text
 
 
 def test_a_cooldown_cannot_start_inside_the_warmup():

@@ -170,8 +170,9 @@ class TrainConfig:
                f"the cool-down would start at update {self.max_steps - self.cooldown_steps}, inside the "
                f"{self.warmup_steps} warmup updates (and from a learning rate still warming up): "
                f"cooldown_steps must be <= max_steps - warmup_steps = {self.max_steps - self.warmup_steps}")
-        _check(0 <= self.cooldown_minutes <= self.max_minutes,  # NaN fails both comparisons
-               f"cooldown_minutes needs max_minutes (the cool-down ends there) and must be >= 0 and <= max_minutes, "
+        _check(self.cooldown_minutes >= 0, f"cooldown_minutes must be a number >= 0, found {self.cooldown_minutes}")
+        _check(self.cooldown_minutes <= self.max_minutes,
+               f"cooldown_minutes needs max_minutes (the cool-down ends there) and must be <= it, "
                f"found cooldown_minutes={self.cooldown_minutes}, max_minutes={self.max_minutes}")
         _check(not (self.cooldown_minutes and self.cooldown_steps),
                f"give one cool-down, by updates or by time, found cooldown_steps={self.cooldown_steps} and "

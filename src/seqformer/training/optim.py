@@ -22,8 +22,9 @@ def inverse_sqrt_lr(step: int, peak: float, warmup: int) -> float:
     return peak * min(step / warmup, math.sqrt(warmup / step))
 
 
-def scheduled_lr(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
-    """The recipe's learning rate at (1-based) ``step``, taken after ``elapsed_s`` seconds of training.
+def scheduled_lr(step: int, cfg: TrainConfig, elapsed_s: float | None = None) -> float:
+    """The recipe's learning rate at (1-based) ``step``, taken after ``elapsed_s`` seconds of training
+    (needed only by a cool-down by time: there, leaving it out is an error rather than the rate undecayed).
 
     Inverse-sqrt throughout, except over the last ``cooldown_steps`` updates before ``max_steps``, where it
     falls linearly from the inverse-sqrt value at the start of the cool-down towards zero (reaching
@@ -31,10 +32,13 @@ def scheduled_lr(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
     same, so a run trained without one can be resumed into one.
 
     With ``cooldown_minutes`` the cool-down is by the clock, for a run whose length is ``max_minutes``:
-    over the last M minutes the inverse-sqrt value is scaled by the share of the M minutes still left, so
-    the rate reaches zero when the time does, however many updates the machine managed by then.
+    over the last M minutes the inverse-sqrt value (still falling, unlike the step cool-down's value frozen at
+    its start) is scaled by the share of the M minutes still left, so the rate reaches zero when the time does,
+    however many updates the machine managed by then.
     """
     if cfg.cooldown_minutes:
+        if elapsed_s is None:
+            raise ValueError("scheduled_lr: a cool-down by time (cooldown_minutes) needs the elapsed time")
         left_s = cfg.max_minutes * 60 - elapsed_s
         share = min(max(left_s / (cfg.cooldown_minutes * 60), 0.0), 1.0)
         return inverse_sqrt_lr(step, cfg.lr, cfg.warmup_steps) * share

@@ -137,6 +137,7 @@ class Trainer:
         self.valid_examples = encode_pairs(data.tokenizer, main_valid, cfg.max_len, model_cfg.eos_id) if main_valid else []
         self.stop_signal: int | None = None
         self._bad_in_row = 0
+        self._warned_warmup = False  # said once per run: a cool-down by time began inside the warmup
         self._batches: tuple[int, list[list[int]]] = (-1, [])
         self._window = (0, time.perf_counter())  # tokens since the last log line, and when it was written
         self._saved_step = -1  # the step the newest checkpoint holds
@@ -160,6 +161,7 @@ class Trainer:
             log.warning("--resume: the recipe changes the optimizer's %s", change)
         saved, now = json.loads(meta.get("train_config", "{}")), to_dict(self.cfg)
         _report_recipe_changes(saved, now)
+        self._warn_if_time_cooldown_moved(saved)
         self._restart_best_choice_if_incomparable(saved, now)
         if "preset" in saved and saved["preset"] != now["preset"]:
             log.warning("--resume: the run was made with preset %r, the command says %r: ignored, a resumed run "
@@ -169,6 +171,19 @@ class Trainer:
             log.warning("the checkpoint was written by %d process(es), this run has %d: the global batch "
                         "changes by that factor (adjust --update-freq to keep it)", saved_world, self.dist.world_size)
         return True
+
+    def _warn_if_time_cooldown_moved(self, saved: dict[str, Any]) -> None:
+        """A resume that changes where a cool-down by time ends (max_minutes, cooldown_minutes) moves the rate at
+        once, with no re-warm: say from what to what, which an extended run's jump back up to full rate needs."""
+        c, s = self.cfg, self.state
+        before = {k: saved.get(k, 0.0) for k in ("max_minutes", "cooldown_minutes")}
+        if not (c.cooldown_minutes or before["cooldown_minutes"]) or before == {k: getattr(c, k) for k in before}:
+            return
+        old = scheduled_lr(s.step + 1, replace(c, **before, cooldown_steps=0), s.elapsed_s)
+        log.warning("--resume: the cool-down by time now ends at max_minutes=%g (over its last %g minutes), it "
+                    "ended at %g (over %g): the rate at update %d goes from %.3g to %.3g", c.max_minutes,
+                    c.cooldown_minutes, before["max_minutes"], before["cooldown_minutes"], s.step + 1, old,
+                    scheduled_lr(s.step + 1, c, s.elapsed_s))
 
     def _restart_best_choice_if_incomparable(self, saved: dict[str, Any], now: dict[str, Any]) -> None:
         """A changed validation set, BLEU sample or (with BLEU) beam makes new scores incomparable with the
@@ -216,7 +231,9 @@ class Trainer:
     def train_step(self, group: Group) -> dict[str, float]:
         """One optimizer update; the loss is normalised by the global batch's target tokens."""
         self.model.train()
-        lr = scheduled_lr(self.state.step + 1, self.cfg, self._clock())
+        elapsed = self._clock()
+        lr = scheduled_lr(self.state.step + 1, self.cfg, elapsed)
+        self._warn_if_cooling_in_warmup(self.state.step + 1, elapsed)
         for g in self.opt.param_groups:
             g["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
@@ -264,9 +281,11 @@ class Trainer:
     def done(self) -> bool:
         c, s = self.cfg, self.state
         if c.max_steps and s.step >= c.max_steps:
-            return self._before_the_clock("max_steps")
+            self._warn_if_time_cooldown_cut("max_steps")
+            return True
         if c.epochs and s.epoch + (s.batch_in_epoch >= len(self.epoch_batches())) >= c.epochs:
-            return self._before_the_clock("epochs")  # the last epoch ends with its last batch, not when the next one is asked for
+            self._warn_if_time_cooldown_cut("epochs")
+            return True  # the last epoch ends with its last batch, not when the next one is asked for
         # The time limit is rank 0's clock alone (the vote in fit() tells the others): another rank's also counts
         # its wait while rank 0 validates or writes a checkpoint, and would end the run early by that much.
         if c.max_minutes and self.dist.is_main and s.elapsed_s >= c.max_minutes * 60:
@@ -281,17 +300,27 @@ class Trainer:
             return True
         return self.stop_signal is not None
 
-    def _before_the_clock(self, limit: str) -> bool:
+    def _warn_if_time_cooldown_cut(self, limit: str) -> None:
         """A run stopped by ``limit`` before ``max_minutes``: say so when that cuts a cool-down by time (its rate
-        falls by the time left, so the model ends at more than the rate asked for). Returns True: stop."""
+        falls by the time left, so the model ends at more than the rate asked for)."""
         c, s = self.cfg, self.state
         left = c.max_minutes - s.elapsed_s / 60
         if c.cooldown_minutes and left > 0 and self.dist.is_main:
-            log.warning("--%s ended the run %.3g minutes before max_minutes=%g: the cool-down over the last %g minutes "
+            log.warning("--%s ended the run %.2f minutes before max_minutes=%g: the cool-down over the last %g minutes "
                         "%s (lr %.3g now)", limit.replace("_", "-"), left, c.max_minutes, c.cooldown_minutes,
                         "did not run to its end" if left < c.cooldown_minutes else "never began",
                         scheduled_lr(s.step, c, s.elapsed_s))
-        return True
+
+    def _warn_if_cooling_in_warmup(self, step: int, elapsed_s: float) -> None:
+        """Once per run: a cool-down by time that begins inside the warmup scales a rate still rising, so the
+        run never reaches its peak rate (the warmup or max_minutes is too long for this machine's speed)."""
+        c = self.cfg
+        cooling = c.cooldown_minutes and c.max_minutes * 60 - elapsed_s < c.cooldown_minutes * 60
+        if cooling and step <= c.warmup_steps and not self._warned_warmup and self.dist.is_main:
+            self._warned_warmup = True
+            log.warning("the cool-down by time began at update %d, inside the %d warmup updates: the rate never "
+                        "reaches lr=%g (fewer warmup_steps, a shorter cooldown_minutes or a longer max_minutes "
+                        "avoid it)", step, c.warmup_steps, c.lr)
 
     def save(self) -> None:
         """Write a checkpoint: every rank contributes its RNG state, rank 0 writes the file."""
