@@ -147,6 +147,9 @@ def train_and_save(recipe: str, work: Path, minutes: float, overrides: dict) -> 
     """Build MarianMTModel from the recipe (its train fields updated by ``overrides``), train it for
     ``minutes``, save it with its tokenizer in ``work``."""
     train_fields, model_fields = load_recipe(Path(recipe))
+    if train_fields.get("max_minutes") and float(train_fields["max_minutes"]) != minutes:
+        raise SystemExit(f"--minutes {minutes}: {recipe} trains seqformer for max_minutes={train_fields['max_minutes']}; "
+                         "both sides must stop (and cool down) on the same clock")
     # the clock that stops it is the one a cool-down by time (cooldown_minutes) runs out on
     cfg = from_dict(TrainConfig, {**train_fields, **overrides, "max_minutes": minutes})
     data, origin = prepare_data(cfg, work)
