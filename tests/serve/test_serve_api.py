@@ -73,6 +73,10 @@ def test_the_page_sends_what_the_service_takes(client):
                     "temperature", "top_k", "top_p"}  # what the script was written to send: found, not assumed
     schema = client.get("/openapi.json").json()["components"]["schemas"]["TranslateRequest"]["properties"]
     assert sent <= set(schema)
+    # the two rules the bodies below copy from the script, checked in its text: with sampling no beam size
+    # (the service refuses one beside it), and without it no more n-best than beams
+    assert re.search(r"if \(body\.sampling\) \{[^}]*delete body\.beam_size", script)
+    assert "body.nbest = Math.min(body.nbest, body.beam_size)" in script
 
     def number(v: str) -> float | int:  # as JavaScript's Number() and JSON.stringify write the input's value
         return int(float(v)) if float(v).is_integer() else float(v)
