@@ -179,7 +179,8 @@ class Trainer:
         before = {k: saved.get(k, 0.0) for k in ("max_minutes", "cooldown_minutes")}
         if not (c.cooldown_minutes or before["cooldown_minutes"]) or before == {k: getattr(c, k) for k in before}:
             return
-        old = scheduled_lr(s.step + 1, replace(c, **before, cooldown_steps=0), s.elapsed_s)
+        steps = {k: saved.get(k, 0) for k in ("max_steps", "cooldown_steps")}  # the old schedule whole
+        old = scheduled_lr(s.step + 1, replace(c, **before, **steps), s.elapsed_s)
         log.warning("--resume: the cool-down by time now ends at max_minutes=%g (over its last %g minutes), it "
                     "ended at %g (over %g): the rate at update %d goes from %.3g to %.3g", c.max_minutes,
                     c.cooldown_minutes, before["max_minutes"], before["cooldown_minutes"], s.step + 1, old,
