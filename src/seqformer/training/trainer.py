@@ -179,7 +179,8 @@ class Trainer:
         before = {k: saved.get(k, 0.0) for k in ("max_minutes", "cooldown_minutes")}
         if not (c.cooldown_minutes or before["cooldown_minutes"]) or before == {k: getattr(c, k) for k in before}:
             return
-        steps = {k: saved.get(k, 0) for k in ("max_steps", "cooldown_steps")}  # the old schedule whole
+        # the old schedule whole (a valid config when it ran), not old time fields over new step fields
+        steps = {k: saved.get(k, getattr(c, k)) for k in ("lr", "warmup_steps", "max_steps", "cooldown_steps")}
         old = scheduled_lr(s.step + 1, replace(c, **before, **steps), s.elapsed_s)
         log.warning("--resume: the cool-down by time now ends at max_minutes=%g (over its last %g minutes), it "
                     "ended at %g (over %g): the rate at update %d goes from %.3g to %.3g", c.max_minutes,
