@@ -263,6 +263,16 @@ def test_a_cooldown_by_time_needs_the_time():
         scheduled_lr(5, TrainConfig(max_minutes=2.0, cooldown_minutes=1.0))
 
 
+def test_the_rate_follows_the_trainers_shared_clock(tmp_path, spm_file, monkeypatch):
+    """train_step takes the time from Trainer._clock (rank 0's on every rank; tests/test_distributed.py checks it),
+    not from its own rank's state: with that clock at half of the cool-down left, every rate is half."""
+    monkeypatch.setattr(Trainer, "_clock", lambda self: 30.0)
+    cfg = dataclasses.replace(_resume_config(tmp_path, spm_file, "run", 3), max_minutes=1.0, cooldown_minutes=1.0)
+    run = seqformer.train(cfg, RESUME_MODEL, progress=False)
+    assert [r["lr"] for r in _log(run) if "loss" in r] == pytest.approx([inverse_sqrt_lr(s, 2e-3, 4) / 2
+                                                                         for s in (1, 2, 3)])
+
+
 def test_a_cooldown_by_time_inside_the_warmup_and_a_moved_end_are_said(tmp_path, spm_file, monkeypatch, caplog):
     """A cool-down by time that begins inside the warmup (here at update 2: warmup 4 updates of one second,
     cool-down over all 6 seconds) keeps the rate below its peak: one warning. A resume that moves where the
