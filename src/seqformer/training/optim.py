@@ -39,14 +39,19 @@ def scheduled_lr(step: int, cfg: TrainConfig, elapsed_s: float | None = None) ->
     if cfg.cooldown_minutes:
         if elapsed_s is None:
             raise ValueError("scheduled_lr: a cool-down by time (cooldown_minutes) needs the elapsed time")
-        left_s = cfg.max_minutes * 60 - elapsed_s
-        share = min(max(left_s / (cfg.cooldown_minutes * 60), 0.0), 1.0)
-        return inverse_sqrt_lr(step, cfg.lr, cfg.warmup_steps) * share
+        return inverse_sqrt_lr(step, cfg.lr, cfg.warmup_steps) * time_cooldown_share(cfg, elapsed_s)
     start = cfg.max_steps - cfg.cooldown_steps
     if not cfg.cooldown_steps or step <= start:
         return inverse_sqrt_lr(step, cfg.lr, cfg.warmup_steps)
     left = max(cfg.max_steps - step + 1, 0)  # updates left, this one included
     return inverse_sqrt_lr(start, cfg.lr, cfg.warmup_steps) * left / (cfg.cooldown_steps + 1)
+
+
+def time_cooldown_share(cfg: TrainConfig, elapsed_s: float) -> float:
+    """The share of a cool-down by time (``cooldown_minutes``) still ahead after ``elapsed_s`` seconds of training:
+    1 until it begins, 0 once ``max_minutes`` is up."""
+    left_s = cfg.max_minutes * 60 - elapsed_s
+    return min(max(left_s / (cfg.cooldown_minutes * 60), 0.0), 1.0)
 
 
 def _fused_ok(params: list[torch.nn.Parameter]) -> bool:

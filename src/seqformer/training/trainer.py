@@ -38,7 +38,7 @@ from seqformer.training import distributed
 from seqformer.training.amp import Amp, bf16_supported
 from seqformer.training.data import PreparedData, encode_pairs, prepare
 from seqformer.training.distributed import Dist, shard
-from seqformer.training.optim import apply_recipe, batch_loss, make_optimizer, scheduled_lr
+from seqformer.training.optim import apply_recipe, batch_loss, make_optimizer, scheduled_lr, time_cooldown_share
 from seqformer.training.rundir import check_space, prepare_out, release
 from seqformer.training.runlog import RunLog
 from seqformer.training.validate import validate
@@ -310,14 +310,14 @@ class Trainer:
         if c.cooldown_minutes and left > 0 and self.dist.is_main:
             log.warning("--%s ended the run %.2f minutes before max_minutes=%g: the cool-down over the last %g minutes "
                         "%s (lr %.3g now)", limit.replace("_", "-"), left, c.max_minutes, c.cooldown_minutes,
-                        "did not run to its end" if left < c.cooldown_minutes else "never began",
+                        "did not run to its end" if time_cooldown_share(c, s.elapsed_s) < 1 else "never began",
                         scheduled_lr(s.step, c, s.elapsed_s))
 
     def _warn_if_cooling_in_warmup(self, step: int, elapsed_s: float) -> None:
         """Once per run: a cool-down by time that begins inside the warmup scales a rate still rising, so the
         run never reaches its peak rate (the warmup or max_minutes is too long for this machine's speed)."""
         c = self.cfg
-        cooling = c.cooldown_minutes and c.max_minutes * 60 - elapsed_s < c.cooldown_minutes * 60
+        cooling = c.cooldown_minutes and time_cooldown_share(c, elapsed_s) < 1
         if cooling and step <= c.warmup_steps and not self._warned_warmup and self.dist.is_main:
             self._warned_warmup = True
             log.warning("the cool-down by time began at update %d, inside the %d warmup updates: the rate never "
