@@ -158,6 +158,8 @@ def train_and_save(recipe: str, work: Path, minutes: float, overrides: dict) -> 
           f"d_model {mc.d_model}, {mc.n_encoder_layers}+{mc.n_decoder_layers} layers, {mc.n_heads} heads, "
           f"FFN {mc.d_ff}, dropout {mc.dropout}, lr {cfg.lr}, warmup {cfg.warmup_steps}, "
           f"max_tokens {cfg.max_tokens}; {minutes} minutes", flush=True)
+    if cfg.threads:  # the recipe's threads train both sides (seqformer train sets them the same way)
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model = marian_model(mc)
     summary = train_marian(model, data, cfg, mc, minutes * 60)
@@ -195,8 +197,11 @@ class MarianTranslator:
         return cls(MarianMTModel.from_pretrained(work), Tokenizer.load(work / src, work / tgt), mc), info
 
     def translate(self, texts: list[str], beam_size: int = 4, batch_size: int = 32,
-                  length_penalty: float = 1.0) -> list[str]:
-        """As seqformer's Translator: each text split into sentences, translated, and joined with spaces."""
+                  length_penalty: float = 1.0, streams: int = 1) -> list[str]:
+        """As seqformer's Translator: each text split into sentences, translated, and joined with spaces
+        (one batch at a time: generate() has no ``streams``)."""
+        if streams != 1:
+            raise ValueError(f"MarianTranslator decodes one batch at a time, found streams={streams}")
         segments, owner = [], []
         for i, text in enumerate(texts):
             parts = split_sentences(text.strip())
@@ -240,7 +245,8 @@ class MarianTranslator:
 
 
 def seqformer_side(path: str, mc: ModelConfig, tokenizer_file: Path, threads: int) -> Translator:
-    """Load the seqformer model, print how it was trained, and note where it differs from the Marian run."""
+    """Load the seqformer model, print how it was trained, and note where it differs from the Marian run
+    (``threads``: those MarianMTModel trained on)."""
     translator = Translator.load(None if path == "bundled" else path)
     mdir = translator.dir
     info_file = mdir.path / "training.json"
@@ -250,7 +256,7 @@ def seqformer_side(path: str, mc: ModelConfig, tokenizer_file: Path, threads: in
                       "epoch": info.get("epoch"), "elapsed_s": info.get("elapsed_s"), "precision": info.get("precision"),
                       "threads": trained_threads}))
     if trained_threads and trained_threads != threads:  # 0: PyTorch's default (one per physical core)
-        print(f"# note: the seqformer model trained on {trained_threads} thread(s), MarianMTModel here on {threads}")
+        print(f"# note: the seqformer model trained on {trained_threads} thread(s), MarianMTModel on {threads}")
     differ = [f.name for f in fields(ModelConfig) if f.name not in INIT_FIELDS  # how training began
               and getattr(translator.model.cfg, f.name) != getattr(mc, f.name)]
     if differ:
@@ -282,6 +288,7 @@ def parse_args() -> argparse.Namespace:
                     "the recipe's out (as seqformer train --out)")
     ap.add_argument("--work", default="work/bench-marian", help="where the Marian model and its tokenizer are saved")
     ap.add_argument("--no-train", action="store_true", help="re-score the model already saved in --work")
+    ap.add_argument("--no-score", action="store_true", help="train and save only (score later with --no-train)")
     ap.add_argument("--seqformer-model", help="also score this seqformer model directory ('bundled': the packaged one)")
     ap.add_argument("--data", default="work/tatoeba-en-fr", help="directory written by recipes/tatoeba_split.py")
     ap.add_argument("--split", choices=("dev", "test"), default="test")
@@ -290,6 +297,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=0, help="only the first N sentences (smoke runs)")
     args = ap.parse_args()
+    if args.no_train and args.no_score:
+        ap.error("--no-train with --no-score leaves nothing to do")
     if not args.no_train and not (args.minutes and args.minutes > 0):
         ap.error("--minutes is required to train (or pass --no-train to re-score the saved model)")
     model = args.seqformer_model
@@ -306,11 +315,14 @@ def main() -> None:
     src, refs = load_split(Path(args.data) / f"{args.split}.multi.jsonl")
     if args.limit:
         src, refs = src[: args.limit], refs[: args.limit]
-    print(f"# {args.threads} threads on {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start",
-          flush=True)
+    print(f"# {args.threads} threads on {os.cpu_count()} CPUs (training: the recipe's threads where it sets them), "
+          f"load average {os.getloadavg()[0]:.1f} at the start", flush=True)
     if not args.no_train:
         overrides = {k: v for k, v in (("seed", args.seed), ("out", args.out)) if v is not None}
         print(json.dumps(train_and_save(args.recipe, work, args.minutes, overrides)), flush=True)
+        torch.set_num_threads(args.threads)  # scoring on --threads, whatever the recipe trained on
+        if args.no_score:
+            return
     marian, info = MarianTranslator.load(work)
     if args.no_train:
         print(json.dumps({k: info[k] for k in ("engine", "steps", "epoch", "elapsed_s", "precision", "threads")}))
@@ -322,7 +334,7 @@ def main() -> None:
         print(json.dumps(marian_results[beam]), flush=True)
     if not args.seqformer_model:
         return
-    translator = seqformer_side(args.seqformer_model, marian.mc, work / info["tokenizer"][0], args.threads)
+    translator = seqformer_side(args.seqformer_model, marian.mc, work / info["tokenizer"][0], info["threads"])
     for beam in beams:
         result = {"engine": "seqformer", **run(translator, src, refs, beam, args.batch_size)}
         print(json.dumps(result), flush=True)
