@@ -20,6 +20,7 @@ from seqformer import TrainConfig, Translator
 from seqformer.data.batching import bucket_batches, collate
 from seqformer.errors import ConfigError, TrainingStopped
 from seqformer.training import checkpoint as ckpt
+from seqformer.training import optim
 from seqformer.training import trainer as trainer_mod
 from seqformer.training.average import average_checkpoints
 from seqformer.training.optim import batch_loss, inverse_sqrt_lr, scheduled_lr, smoothed_loss
@@ -344,6 +345,27 @@ def test_smoothed_loss_matches_torch_cross_entropy(eps):
     (2.5 * loss).backward()
     (2.5 * expected).backward()
     torch.testing.assert_close(logits.grad, reference_logits.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_smoothed_loss_in_blocks_of_rows(monkeypatch, dtype):
+    # on CPU the loss goes through the logits a block of rows at a time (16 here: blocks of 16, 16, 16
+    # and 2 rows); it must equal the whole-matrix reference, and under bf16 autocast (bf16 logits) give
+    # the reference's gradient, computed in fp32 from the same logits, in bf16
+    monkeypatch.setattr(optim, "BLOCK_ELEMENTS", 1)
+    assert optim._block_rows(50, 13, torch.device("cpu")) == 16
+    gen = torch.Generator().manual_seed(1)
+    logits = (torch.randn(50, 13, generator=gen) * 3).to(dtype).requires_grad_()
+    labels = torch.randint(0, 13, (50,), generator=gen)
+    reference_logits = logits.detach().float().requires_grad_()
+    loss, nll = smoothed_loss(logits, labels, 0.1)
+    expected = F.cross_entropy(reference_logits, labels, label_smoothing=0.1, reduction="sum")
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(nll, F.cross_entropy(reference_logits.detach(), labels, reduction="sum"))
+    (0.5 * loss).backward()
+    (0.5 * expected).backward()
+    assert logits.grad.dtype == dtype
+    torch.testing.assert_close(logits.grad, reference_logits.grad.to(dtype))
 
 
 def test_inverse_sqrt_schedule():
