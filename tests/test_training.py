@@ -347,19 +347,20 @@ def test_smoothed_loss_matches_torch_cross_entropy(eps):
     torch.testing.assert_close(logits.grad, reference_logits.grad)
 
 
+@pytest.mark.parametrize("eps", [0.0, 0.1])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_smoothed_loss_in_blocks_of_rows(monkeypatch, dtype):
+def test_smoothed_loss_in_blocks_of_rows(monkeypatch, dtype, eps):
     # on CPU the loss goes through the logits a block of rows at a time (16 here: blocks of 16, 16, 16
-    # and 2 rows); it must equal the whole-matrix reference, and under bf16 autocast (bf16 logits) give
-    # the reference's gradient, computed in fp32 from the same logits, in bf16
+    # and 2 rows); it must equal the whole-matrix reference, and with bf16 logits (as under bf16
+    # autocast) give the reference's gradient, computed in fp32 from the same logits, in bf16
     monkeypatch.setattr(optim, "BLOCK_ELEMENTS", 1)
-    assert optim._block_rows(50, 13, torch.device("cpu")) == 16
+    assert optim._block_rows(13, torch.device("cpu")) == 16
     gen = torch.Generator().manual_seed(1)
     logits = (torch.randn(50, 13, generator=gen) * 3).to(dtype).requires_grad_()
     labels = torch.randint(0, 13, (50,), generator=gen)
     reference_logits = logits.detach().float().requires_grad_()
-    loss, nll = smoothed_loss(logits, labels, 0.1)
-    expected = F.cross_entropy(reference_logits, labels, label_smoothing=0.1, reduction="sum")
+    loss, nll = smoothed_loss(logits, labels, eps)
+    expected = F.cross_entropy(reference_logits, labels, label_smoothing=eps, reduction="sum")
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(nll, F.cross_entropy(reference_logits.detach(), labels, reduction="sum"))
     (0.5 * loss).backward()
