@@ -52,6 +52,7 @@ from seqformer.data.batching import Batch, bucket_batches, collate, encode_sourc
 from seqformer.data.tokenizer import Tokenizer
 from seqformer.decoding.common import constrain, max_lengths
 from seqformer.segment import split_sentences
+from seqformer.threads import set_threads
 from seqformer.training.amp import Amp
 from seqformer.training.data import PreparedData, prepare
 from seqformer.training.optim import make_optimizer, scheduled_lr
@@ -158,8 +159,7 @@ def train_and_save(recipe: str, work: Path, minutes: float, overrides: dict) -> 
           f"d_model {mc.d_model}, {mc.n_encoder_layers}+{mc.n_decoder_layers} layers, {mc.n_heads} heads, "
           f"FFN {mc.d_ff}, dropout {mc.dropout}, lr {cfg.lr}, warmup {cfg.warmup_steps}, "
           f"max_tokens {cfg.max_tokens}; {minutes} minutes", flush=True)
-    if cfg.threads:  # the recipe's threads train both sides (seqformer train sets them the same way)
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads, "threads")  # the recipe's threads train both sides, as seqformer train sets them
     torch.manual_seed(cfg.seed)
     model = marian_model(mc)
     summary = train_marian(model, data, cfg, mc, minutes * 60)
