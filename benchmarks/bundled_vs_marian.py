@@ -8,6 +8,10 @@ which runs (after recipes/tatoeba_split.py)
     python benchmarks/bundled_vs_marian.py --minutes 40 --recipe recipes/tatoeba-en-fr-40min.json \
         --out RUN --seqformer-model RUN --split test --beams 1,4
 
+    bash recipes/tatoeba-en-fr-vs-marian-clock.sh  # the cool-down by the clock, both sides at once, a core each
+
+trains the MarianMTModel side with --no-score beside the seqformer run and scores both afterwards with --no-train.
+
 MarianMTModel is given everything seqformer's trainer uses: the recipe's tokenizer (the
 seqformer run's spm.model when the recipe's out directory has one, else one trained here by
 seqformer's own code), its token-bucketed batches (max_tokens, seed, epoch after epoch), its
