@@ -332,19 +332,26 @@ def test_average_is_the_mean_of_the_last_checkpoints(tmp_path, spm_file, tokeniz
             assert torch.equal(loaded[name], value.float()), name
 
 
+def assert_loss_is_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, eps: float, scale: float) -> None:
+    """smoothed_loss on ``logits`` (any dtype, requiring grad) against F.cross_entropy computed in fp32 from the
+    same values: summed loss, summed NLL, and the gradient of ``scale`` * loss in the logits' dtype."""
+    reference_logits = logits.detach().to(torch.float32, copy=True).requires_grad_()
+    loss, nll = smoothed_loss(logits, labels, eps)
+    expected = F.cross_entropy(reference_logits, labels, label_smoothing=eps, reduction="sum")
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(nll, F.cross_entropy(reference_logits.detach(), labels, reduction="sum"))
+    (scale * loss).backward()
+    (scale * expected).backward()
+    assert logits.grad.dtype == logits.dtype
+    torch.testing.assert_close(logits.grad, reference_logits.grad.to(logits.dtype))
+
+
 @pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
 def test_smoothed_loss_matches_torch_cross_entropy(eps):
     gen = torch.Generator().manual_seed(0)
     logits = (torch.randn(9, 13, generator=gen) * 3).requires_grad_()
     labels = torch.randint(0, 13, (9,), generator=gen)
-    reference_logits = logits.detach().clone().requires_grad_()
-    loss, nll = smoothed_loss(logits, labels, eps)
-    expected = F.cross_entropy(reference_logits, labels, label_smoothing=eps, reduction="sum")
-    torch.testing.assert_close(loss, expected)
-    torch.testing.assert_close(nll, F.cross_entropy(logits.detach(), labels, reduction="sum"))
-    (2.5 * loss).backward()
-    (2.5 * expected).backward()
-    torch.testing.assert_close(logits.grad, reference_logits.grad)
+    assert_loss_is_cross_entropy(logits, labels, eps, scale=2.5)
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.1])
@@ -358,15 +365,7 @@ def test_smoothed_loss_in_blocks_of_rows(monkeypatch, dtype, eps):
     gen = torch.Generator().manual_seed(1)
     logits = (torch.randn(50, 13, generator=gen) * 3).to(dtype).requires_grad_()
     labels = torch.randint(0, 13, (50,), generator=gen)
-    reference_logits = logits.detach().float().requires_grad_()
-    loss, nll = smoothed_loss(logits, labels, eps)
-    expected = F.cross_entropy(reference_logits, labels, label_smoothing=eps, reduction="sum")
-    torch.testing.assert_close(loss, expected)
-    torch.testing.assert_close(nll, F.cross_entropy(reference_logits.detach(), labels, reduction="sum"))
-    (0.5 * loss).backward()
-    (0.5 * expected).backward()
-    assert logits.grad.dtype == dtype
-    torch.testing.assert_close(logits.grad, reference_logits.grad.to(dtype))
+    assert_loss_is_cross_entropy(logits, labels, eps, scale=0.5)
 
 
 def test_inverse_sqrt_schedule():
