@@ -395,6 +395,29 @@ def test_a_tokenizer_left_by_another_recipe_is_not_reused(tmp_path, data_dir, ca
     assert "delete it" in _one_line_error(capsys.readouterr().err)
 
 
+def test_a_tokenizer_with_other_special_ids_is_refused(tmp_path, capsys):
+    # spm_train's defaults (unk 0, <s> 1, </s> 2, no pad): trained on, piece 3 would end every sentence
+    import sentencepiece as spm
+
+    theirs = tmp_path / "theirs.model"
+    spm.SentencePieceTrainer.train(sentence_iterator=iter([" ".join(s) for s, _ in reversal_pairs(200, seed=3)]),
+                                   model_prefix=str(theirs.with_suffix("")), vocab_size=20, hard_vocab_limit=False,
+                                   minloglevel=2)
+    train = write_tsv(tmp_path / "train.tsv", reversal_pairs(10, seed=8))
+    out = tmp_path / "out"
+    assert call_main("train", "--train", train, "--out", out, "--tokenizer", theirs, "--max-steps", "1",
+                     "--quiet") == 1
+    error = _one_line_error(capsys.readouterr().err)
+    assert str(theirs) in error and "pad none, unk 0, <s> 1, </s> 2" in error
+    assert not (out / "theirs.model").exists()  # refused before anything was copied
+
+
+def test_a_new_model_refuses_special_ids_its_tokenizer_does_not_have(tmp_path, spm_file, capsys):
+    assert call_main(*_tiny_train_args(tmp_path, spm_file, tmp_path / "out", "--eos-id", "5")) == 1
+    assert "eos_id=5" in _one_line_error(capsys.readouterr().err)  # was: trained with piece 5 as </s>
+    assert call_main(*_tiny_train_args(tmp_path, spm_file, tmp_path / "ok", "--eos-id", "3")) == 0  # the same id
+
+
 def test_bad_model_flags_fail_before_any_data_is_read(tmp_path, capsys):
     missing = tmp_path / "nowhere.tsv"  # never read: the flag is checked first
     for flag, message in ((["--n-heads", "0"], "n_heads must be >= 1"), (["--activation", "tanh"], "activation")):

@@ -55,6 +55,18 @@ def _train(sentences: list[str], model: io.BytesIO, vocab_size: int, model_type:
     )
 
 
+def check_special_ids(proc: spm.SentencePieceProcessor, where: Path | str) -> None:
+    """Refuse a SentencePiece model (one the user brings to training) whose special pieces are not at seqformer's
+    ids: with spm_train's defaults (unk 0, <s> 1, </s> 2, no pad) an ordinary piece would end every sentence."""
+    want = {"pad": PAD, "unk": UNK, "<s>": BOS, "</s>": EOS}
+    have = dict(zip(want, (proc.pad_id(), proc.unk_id(), proc.bos_id(), proc.eos_id())))  # -1: none
+    if have != want:
+        shown = ", ".join(f"{k} {'none' if v < 0 else v}" for k, v in have.items())
+        raise DataError(f"{where}: special pieces at {shown}; seqformer expects pad 0, unk 1, <s> 2, </s> 3 (train "
+                        "it with spm_train --pad_id=0 --unk_id=1 --bos_id=2 --eos_id=3, or leave out --tokenizer "
+                        "to have seqformer train one)")
+
+
 def split_lang_tag(text: str) -> tuple[str, str]:
     """Split off a leading target-language tag as Marian does: '>>fra<< Hi' -> ('>>fra<<', ' Hi')."""
     if text.startswith(">>"):

@@ -10,7 +10,7 @@ from typing import Any
 from seqformer.config import TrainConfig
 from seqformer.data.batching import Example
 from seqformer.data.corpus import drop_empty, read_parallel
-from seqformer.data.tokenizer import EOS, Tokenizer, piece_count, train_sentencepiece
+from seqformer.data.tokenizer import EOS, Tokenizer, check_special_ids, piece_count, train_sentencepiece
 from seqformer.errors import DataError
 from seqformer.io import ModelDir, copy_tokenizer
 
@@ -32,7 +32,7 @@ def _tokenizer_files(cfg: TrainConfig, out: Path, pairs: list[tuple[str, str]], 
         files = cfg.tokenizer_files
         if write:
             for f in files:  # a bad file is named as the user gave it, before anything is copied
-                Tokenizer.load(f)
+                check_special_ids(Tokenizer.load(f).src, f)
             copy_tokenizer(files, out)
         names = [f.name for f in files]
         return names[0], names[-1]

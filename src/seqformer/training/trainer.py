@@ -67,6 +67,11 @@ def build_model_config(cfg: TrainConfig, data: PreparedData, overrides: dict[str
 def _model_config(cfg: TrainConfig, src_vocab: int, tgt_vocab: int, share: bool,
                   overrides: dict[str, Any]) -> ModelConfig:
     """The recipe's preset with the tokenizer's sizes, then the recipe's own model fields."""
+    moved = next((k for k in ("pad_id", "unk_id", "bos_id", "eos_id") if overrides.get(k, getattr(ModelConfig, k))
+                  != getattr(ModelConfig, k)), None)
+    if moved:  # the corpus is encoded with the tokenizer's ids: another id here would train on the wrong pieces
+        raise ConfigError(f"{moved}={overrides[moved]}: a new model's special ids are those of its SentencePiece "
+                          "tokenizer (pad_id 0, unk_id 1, bos_id 2, eos_id 3), not a setting")
     fields = dict(PRESETS[cfg.preset])
     fields.update(src_vocab_size=src_vocab, tgt_vocab_size=tgt_vocab, share_embeddings=share,
                   max_positions=max(512, cfg.max_len + 1))
