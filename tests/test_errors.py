@@ -132,6 +132,24 @@ def test_a_piped_line_is_translated_while_the_pipe_stays_open(model_dir):
     assert [first.rstrip("\n"), *rest.splitlines()] == want
 
 
+def test_a_reader_that_leaves_ends_translation_quietly(model_dir):
+    # `seqformer translate ... | head -1`: status 0 and nothing on stderr (not status 1 from the OSError handler, nor
+    # Python's "Exception ignored ... BrokenPipeError" from a failed flush at exit)
+    proc = subprocess.Popen([*seqformer_command(), "translate", "--model", str(model_dir)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        proc.stdin.write(b"a b\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline()
+        proc.stdout.close()  # the reader leaves; the next translation has nowhere to go
+        proc.stdin.write(b"c d\n" * 50)
+        proc.stdin.close()
+        assert proc.wait(timeout=240) == 0
+        assert proc.stderr.read().decode() == ""
+    finally:
+        proc.kill()
+
+
 def test_piped_lines_that_arrived_together_are_batched_together():
     # The other side of translating a line as soon as nothing else waits: lines already in the pipe (a file
     # piped in) are batched, not translated one by one (a buffered reader hid them from select()).
