@@ -65,6 +65,21 @@ def test_averaging_in_place_keeps_the_best_model(run_dir, tmp_path):
     assert (run / "model.best.safetensors").read_bytes() == best
 
 
+def test_averaging_in_place_keeps_the_best_model_of_a_copied_run(run_dir, tmp_path):
+    """A run copied without its file times (cp -r, scp -r): its model may be newer than training.json, as an
+    average's would be; it is still the trainer's best model and is kept (was: overwritten, not kept)."""
+    import os
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    info = (run / "training.json").stat().st_mtime_ns
+    os.utime(run / "model.safetensors", ns=(info + 10**9, info + 10**9))
+    best = (run / "model.safetensors").read_bytes()
+    assert main(["average", str(run), "--last", "3"]) == 0
+    assert (run / "model.best.safetensors").read_bytes() == best
+
+
 def test_averaging_more_checkpoints_than_kept_says_so(run_dir, tmp_path):
     with pytest.warns(UserWarning, match="holds 4 checkpoint.*fewer than --last 10: averaging those 4"):
         out = average_checkpoints(run_dir, 10, tmp_path / "avg")

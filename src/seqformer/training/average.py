@@ -52,12 +52,13 @@ def average_checkpoints(run_dir: Path, last: int, out: Path | None = None, dtype
     out = Path(out) if out is not None else Path(run_dir)
     mdir = read_model_dir(run_dir)  # config.json checked (its sections, fields and tokenizer files) first
     config = mdir.meta
+    averaged_before = "averaged_from" in config  # an earlier in-place average's mark (set anew below)
     model = Seq2SeqTransformer(mdir.model_cfg)
     import_state(model, average_tensors(paths), f"average of {len(paths)} checkpoints")
     config["weights_dtype"] = dtype
     config["averaged_from"] = [p.name for p in paths]
     if out.resolve() == Path(run_dir).resolve():  # the run's own model: same files, two atomic writes
-        if _written_by_training(out):
+        if _written_by_training(out, averaged=averaged_before):
             # pruning may have removed the best checkpoint: this file is then the only copy of that model
             atomic_write_bytes(out / BEST_KEPT, (out / "model.safetensors").read_bytes())
         _write(out, model, config, dtype)
@@ -70,10 +71,14 @@ def average_checkpoints(run_dir: Path, last: int, out: Path | None = None, dtype
     return out
 
 
-def _written_by_training(run_dir: Path) -> bool:
-    """Whether the run's model.safetensors is the trainer's (its best or last model), not an earlier average:
-    the trainer writes training.json after each model it writes, an average writes none."""
+def _written_by_training(run_dir: Path, averaged: bool) -> bool:
+    """Whether the run's model.safetensors is the trainer's (its best or last model), not an earlier average.
+    Never averaged in place (``averaged``: config.json says so): the trainer's, whatever the file times (a copy
+    made with ``cp -r`` has new ones). Averaged: the trainer's only if written since, by a resumed run, which
+    writes training.json after each model; an average writes none."""
     model, info = run_dir / "model.safetensors", run_dir / "training.json"
+    if not averaged:
+        return model.is_file()
     return model.is_file() and info.is_file() and model.stat().st_mtime_ns <= info.stat().st_mtime_ns
 
 
