@@ -436,6 +436,25 @@ def test_a_new_model_refuses_special_ids_its_tokenizer_does_not_have(tmp_path, s
     assert call_main(*_tiny_train_args(tmp_path, spm_file, tmp_path / "ok", "--eos-id", "3")) == 0  # the same id
 
 
+def test_a_restart_keeps_only_a_tokenizer_trained_with_its_own_settings(tmp_path, capsys):
+    # A run stopped before its first checkpoint leaves its tokenizer; a new recipe with a larger vocabulary (or
+    # another corpus) in the same --out trained on the old, smaller one, saying only "keeping" in an info line.
+    train = write_tsv(tmp_path / "train.tsv", reversal_pairs(30, seed=8))
+    out = tmp_path / "out"
+    args = ["train", "--train", train, "--out", out, "--max-steps", "1", "--quiet", "--preset", "tiny"]
+    assert call_main(*args, "--vocab-size", "16") == 0
+    capsys.readouterr()
+    for path in [*(out / "checkpoints").iterdir(), out / "model.safetensors", out / "config.json"]:
+        path.unlink()  # what a run killed before its first checkpoint leaves: the tokenizer
+    first = (out / "spm.model").read_bytes()
+    assert call_main(*args, "--vocab-size", "20") == 1
+    assert "vocab_size=16" in _one_line_error(capsys.readouterr().err)
+    assert call_main(*args, "--vocab-size", "16", "--seed", "2") == 1
+    assert "seed=1" in _one_line_error(capsys.readouterr().err)
+    assert call_main(*args, "--vocab-size", "16") == 0  # the same recipe: a restart, which keeps it
+    assert (out / "spm.model").read_bytes() == first
+
+
 def test_bad_model_flags_fail_before_any_data_is_read(tmp_path, capsys):
     missing = tmp_path / "nowhere.tsv"  # never read: the flag is checked first
     for flag, message in ((["--n-heads", "0"], "n_heads must be >= 1"), (["--activation", "tanh"], "activation")):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ from seqformer.data.batching import Example
 from seqformer.data.corpus import drop_empty, read_parallel
 from seqformer.data.tokenizer import EOS, Tokenizer, check_special_ids, piece_count, train_sentencepiece
 from seqformer.errors import DataError
-from seqformer.io import ModelDir, copy_tokenizer
+from seqformer.io import ModelDir, atomic_write_text, copy_tokenizer
 
 log = logging.getLogger("seqformer")
 
@@ -38,28 +39,53 @@ def _tokenizer_files(cfg: TrainConfig, out: Path, pairs: list[tuple[str, str]], 
         return names[0], names[-1]
     if not write:
         return ("spm.model", "spm.model") if cfg.joint_vocab else ("src.spm", "tgt.spm")
-    if cfg.joint_vocab:
-        if not _reused(out / "spm.model", cfg):
-            log.info("training a joint SentencePiece model (%d pieces)", cfg.vocab_size)
-            train_sentencepiece([s for p in pairs for s in p], out / "spm.model", cfg.vocab_size,
-                                cfg.spm_model_type, cfg.spm_sample_lines, cfg.seed)
-        return "spm.model", "spm.model"
-    for name, side in (("src.spm", 0), ("tgt.spm", 1)):
-        if not _reused(out / name, cfg):
-            train_sentencepiece([p[side] for p in pairs], out / name, cfg.vocab_size,
-                                cfg.spm_model_type, cfg.spm_sample_lines, cfg.seed)
-    return "src.spm", "tgt.spm"
+    sides = {"spm.model": None} if cfg.joint_vocab else {"src.spm": 0, "tgt.spm": 1}
+    for name, side in sides.items():
+        if not _reused(out / name, cfg, side):
+            log.info("training a%s SentencePiece model (%d pieces)", " joint" if side is None else "",
+                     cfg.vocab_size)
+            lines = [s for p in pairs for s in p] if side is None else [p[side] for p in pairs]
+            # first, so that a tokenizer a restart finds always has its settings beside it
+            atomic_write_text(_recipe_file(out / name), json.dumps(_tokenizer_recipe(cfg, side), indent=2) + "\n")
+            train_sentencepiece(lines, out / name, cfg.vocab_size, cfg.spm_model_type, cfg.spm_sample_lines, cfg.seed)
+    names = list(sides)
+    return names[0], names[-1]
 
 
-def _reused(path: Path, cfg: TrainConfig) -> bool:
-    """Whether an earlier start of this run left a tokenizer at ``path`` that this one keeps (said in the log;
-    one with more pieces than ``vocab_size`` was trained for another recipe: an error)."""
+def _recipe_file(path: Path) -> Path:
+    """Where the settings a tokenizer trained for this run was trained with are kept, beside it."""
+    return path.with_name(path.name + ".recipe.json")
+
+
+def _tokenizer_recipe(cfg: TrainConfig, side: int | None) -> dict[str, Any]:
+    """Everything that shapes a tokenizer seqformer trains for a run: what must match for a restart to keep it."""
+    return {"train": str(Path(cfg.train).resolve()), "src_lang": cfg.src_lang, "tgt_lang": cfg.tgt_lang,
+            "side": {None: "joint", 0: "source", 1: "target"}[side], "vocab_size": cfg.vocab_size,
+            "spm_model_type": cfg.spm_model_type, "spm_sample_lines": cfg.spm_sample_lines, "seed": cfg.seed}
+
+
+def _reused(path: Path, cfg: TrainConfig, side: int | None) -> bool:
+    """Whether an earlier start of this run left a tokenizer at ``path`` that this one keeps (said in the log).
+    One trained with other settings (its ``.recipe.json``; without one, by an older seqformer: more pieces than
+    ``vocab_size``) was trained for another recipe: an error, as the weights would be in the wrong pieces."""
     if not path.is_file():
         return False
     pieces = piece_count(path)
-    if pieces > cfg.vocab_size:
+    recipe = _recipe_file(path)
+    delete = "delete it (or the run directory) to train a new one"
+    if recipe.is_file():
+        try:
+            kept = json.loads(recipe.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise DataError(f"{recipe}: not the JSON seqformer writes beside a tokenizer: {delete}") from None
+        want = _tokenizer_recipe(cfg, side)
+        changed = next((k for k in want if kept.get(k) != want[k]), None)
+        if changed:
+            raise DataError(f"{path}: a tokenizer left by an earlier run with {changed}={kept.get(changed)!r}, this "
+                            f"recipe has {changed}={want[changed]!r}: {delete}")
+    elif pieces > cfg.vocab_size:
         raise DataError(f"{path}: a tokenizer of {pieces} pieces from an earlier run, this recipe asks for "
-                        f"vocab_size={cfg.vocab_size}: delete it (or the run directory) to train a new one")
+                        f"vocab_size={cfg.vocab_size}: {delete}")
     log.info("keeping %s (%d pieces) from an earlier start of this run; delete it to train a new one", path, pieces)
     return True
 
