@@ -221,7 +221,7 @@ def main() -> None:
     points = curve(run)
     print(json.dumps({"dev_bleu_vs_minutes": points}))
     # a --paper-data run validates on its lowercased, tokenized text: what its curve measures
-    axis = "val BLEU (greedy, sacreBLEU of lowercased tokenized text)" if args.paper_data else CASED_AXIS
+    axis = "val BLEU (greedy; lowercased, tokenized)" if args.paper_data else CASED_AXIS  # short: not clipped
     plot({label(run, f"EN-{args.tgt.upper()}"): points}, run / "dev_bleu.png", ylabel=axis)
 
 
