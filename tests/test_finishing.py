@@ -80,6 +80,25 @@ def test_averaging_in_place_keeps_the_best_model_of_a_copied_run(run_dir, tmp_pa
     assert (run / "model.best.safetensors").read_bytes() == best
 
 
+def test_an_average_is_known_as_one_after_a_resume_and_a_copy(run_dir, tmp_path):
+    """A resume rewrites config.json (its "averaged_from" mark is gone) and a copy gives new file times: the
+    average's own weights still say what they are, so a second in-place average keeps the true best model."""
+    import os
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    best = (run / "model.safetensors").read_bytes()
+    assert main(["average", str(run), "--last", "3"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    del config["averaged_from"]
+    (run / "config.json").write_text(json.dumps(config))
+    info = (run / "training.json").stat().st_mtime_ns
+    os.utime(run / "model.safetensors", ns=(info - 10**9, info - 10**9))
+    assert main(["average", str(run), "--last", "2"]) == 0
+    assert (run / "model.best.safetensors").read_bytes() == best  # was: replaced by the first average
+
+
 def test_averaging_more_checkpoints_than_kept_says_so(run_dir, tmp_path):
     with pytest.warns(UserWarning, match="holds 4 checkpoint.*fewer than --last 10: averaging those 4"):
         out = average_checkpoints(run_dir, 10, tmp_path / "avg")

@@ -190,8 +190,22 @@ def write_config(out: Path, model_cfg: ModelConfig, src_spm: str, tgt_spm: str, 
     atomic_write_text(Path(out) / "config.json", json.dumps(config, indent=2) + "\n")
 
 
-def save_weights(path: Path, model: nn.Module, dtype: torch.dtype | None = None) -> None:
-    atomic_write_bytes(Path(path), st_save(export_state(model, dtype)))
+def save_weights(path: Path, model: nn.Module, dtype: torch.dtype | None = None,
+                 metadata: dict[str, str] | None = None) -> None:
+    """``metadata``: strings kept in the file's header (loading ignores them; :func:`weights_metadata` reads them)."""
+    atomic_write_bytes(Path(path), st_save(export_state(model, dtype), metadata=metadata))
+
+
+def weights_metadata(path: Path) -> dict[str, str]:
+    """The header strings :func:`save_weights` was given for ``path`` (empty when none, or unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size)) if 0 < size < 1 << 27 else {}
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ import torch
 
 from seqformer.data.tokenizer import Tokenizer
 from seqformer.errors import ModelDirError
-from seqformer.io import atomic_write_bytes, import_state, read_model_dir, save_weights, staged_dir
+from seqformer.io import atomic_write_bytes, import_state, read_model_dir, save_weights, staged_dir, weights_metadata
 from seqformer.model.transformer import Seq2SeqTransformer
 from seqformer.training.checkpoint import list_checkpoints, model_tensors
 
@@ -35,6 +35,7 @@ def average_tensors(paths: list[Path]) -> dict[str, torch.Tensor]:
 
 
 BEST_KEPT = "model.best.safetensors"  # the best-checkpoint model an in-place average replaced
+AVERAGED = "averaged_from"  # in an average's weights header: the checkpoints it is the mean of
 
 
 def average_checkpoints(run_dir: Path, last: int, out: Path | None = None, dtype: str = "float32") -> Path:
@@ -52,13 +53,13 @@ def average_checkpoints(run_dir: Path, last: int, out: Path | None = None, dtype
     out = Path(out) if out is not None else Path(run_dir)
     mdir = read_model_dir(run_dir)  # config.json checked (its sections, fields and tokenizer files) first
     config = mdir.meta
-    averaged_before = "averaged_from" in config  # an earlier in-place average's mark (set anew below)
+    averaged_before = "averaged_from" in config  # an earlier in-place average's mark in config.json (set anew below)
     model = Seq2SeqTransformer(mdir.model_cfg)
     import_state(model, average_tensors(paths), f"average of {len(paths)} checkpoints")
     config["weights_dtype"] = dtype
     config["averaged_from"] = [p.name for p in paths]
     if out.resolve() == Path(run_dir).resolve():  # the run's own model: same files, two atomic writes
-        if _written_by_training(out, averaged=averaged_before):
+        if _written_by_training(out, config_marked=averaged_before):
             # pruning may have removed the best checkpoint: this file is then the only copy of that model
             atomic_write_bytes(out / BEST_KEPT, (out / "model.safetensors").read_bytes())
         _write(out, model, config, dtype)
@@ -71,17 +72,22 @@ def average_checkpoints(run_dir: Path, last: int, out: Path | None = None, dtype
     return out
 
 
-def _written_by_training(run_dir: Path, averaged: bool) -> bool:
+def _written_by_training(run_dir: Path, config_marked: bool) -> bool:
     """Whether the run's model.safetensors is the trainer's (its best or last model), not an earlier average.
-    Never averaged in place (``averaged``: config.json says so): the trainer's, whatever the file times (a copy
-    made with ``cp -r`` has new ones). Averaged: the trainer's only if written since, by a resumed run, which
-    writes training.json after each model; an average writes none."""
+    An average says so in its weights' header, which neither a resume (it rewrites config.json) nor a copy
+    (``cp -r`` gives new file times) changes. Averages written before that mark were marked in config.json only:
+    for those, the trainer's model is the one no newer than training.json (written after each model it writes)."""
     model, info = run_dir / "model.safetensors", run_dir / "training.json"
-    if not averaged:
-        return model.is_file()
-    return model.is_file() and info.is_file() and model.stat().st_mtime_ns <= info.stat().st_mtime_ns
+    if not model.is_file():
+        return False
+    if AVERAGED in weights_metadata(model):
+        return False
+    if not config_marked:
+        return True
+    return info.is_file() and model.stat().st_mtime_ns <= info.stat().st_mtime_ns
 
 
 def _write(out: Path, model: Seq2SeqTransformer, config: dict, dtype: str) -> None:
-    save_weights(out / "model.safetensors", model, torch.float16 if dtype == "float16" else None)
+    save_weights(out / "model.safetensors", model, torch.float16 if dtype == "float16" else None,
+                 metadata={AVERAGED: json.dumps(config["averaged_from"])})
     atomic_write_bytes(out / "config.json", (json.dumps(config, indent=2) + "\n").encode())
