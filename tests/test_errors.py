@@ -436,23 +436,41 @@ def test_a_new_model_refuses_special_ids_its_tokenizer_does_not_have(tmp_path, s
     assert call_main(*_tiny_train_args(tmp_path, spm_file, tmp_path / "ok", "--eos-id", "3")) == 0  # the same id
 
 
-def test_a_restart_keeps_only_a_tokenizer_trained_with_its_own_settings(tmp_path, capsys):
-    # A run stopped before its first checkpoint leaves its tokenizer; a new recipe with a larger vocabulary (or
-    # another corpus) in the same --out trained on the old, smaller one, saying only "keeping" in an info line.
-    train = write_tsv(tmp_path / "train.tsv", reversal_pairs(30, seed=8))
-    out = tmp_path / "out"
-    args = ["train", "--train", train, "--out", out, "--max-steps", "1", "--quiet", "--preset", "tiny"]
-    assert call_main(*args, "--vocab-size", "16") == 0
-    capsys.readouterr()
+def _leave_only_the_tokenizer(out):
+    """What a run killed before its first checkpoint leaves: its tokenizer (and what it was trained on)."""
     for path in [*(out / "checkpoints").iterdir(), out / "model.safetensors", out / "config.json"]:
-        path.unlink()  # what a run killed before its first checkpoint leaves: the tokenizer
+        path.unlink()
+
+
+def test_a_restart_keeps_only_a_tokenizer_trained_for_its_recipe(tmp_path, capsys):
+    # A run stopped before its first checkpoint leaves its tokenizer; a new recipe with a larger vocabulary (or
+    # another corpus) in the same --out trained on the old one, saying only "keeping" in an info line.
+    train = write_tsv(tmp_path / "train.tsv", reversal_pairs(30, seed=8))
+    other = write_tsv(tmp_path / "other.tsv", reversal_pairs(30, seed=9))
+    out = tmp_path / "out"
+    args = ["--out", out, "--max-steps", "1", "--quiet", "--preset", "tiny"]
+    assert call_main("train", "--train", train, *args, "--vocab-size", "16") == 0
+    capsys.readouterr()
+    _leave_only_the_tokenizer(out)
     first = (out / "spm.model").read_bytes()
-    assert call_main(*args, "--vocab-size", "20") == 1
+    assert call_main("train", "--train", train, *args, "--vocab-size", "20") == 1
     assert "vocab_size=16" in _one_line_error(capsys.readouterr().err)
-    assert call_main(*args, "--vocab-size", "16", "--seed", "2") == 1
-    assert "seed=1" in _one_line_error(capsys.readouterr().err)
-    assert call_main(*args, "--vocab-size", "16") == 0  # the same recipe: a restart, which keeps it
+    assert call_main("train", "--train", other, *args, "--vocab-size", "16") == 1
+    assert "other text" in _one_line_error(capsys.readouterr().err)
+    # the same text and settings: a restart, which keeps it (the seed only picks the sample of a larger corpus)
+    assert call_main("train", "--train", train, *args, "--vocab-size", "16", "--seed", "2") == 0
     assert (out / "spm.model").read_bytes() == first
+
+
+def test_a_restart_does_not_take_a_copied_tokenizer_for_its_own(tmp_path, spm_file, capsys):
+    out = tmp_path / "out"
+    assert call_main(*_tiny_train_args(tmp_path, spm_file, out)) == 0  # copies spm_file in as spm.model
+    capsys.readouterr()
+    _leave_only_the_tokenizer(out)
+    train = write_tsv(tmp_path / "train.tsv", reversal_pairs(10, seed=8))
+    assert call_main("train", "--train", train, "--out", out, "--vocab-size", "40", "--max-steps", "1",
+                     "--quiet") == 1
+    assert f"copied from {spm_file}" in _one_line_error(capsys.readouterr().err)
 
 
 def test_bad_model_flags_fail_before_any_data_is_read(tmp_path, capsys):

@@ -24,9 +24,7 @@ def train_sentencepiece(
     """Train a SentencePiece model with seqformer's special ids (pad 0, unk 1, <s> 2, </s> 3)."""
     from seqformer.io import atomic_write_bytes  # seqformer.io imports this module
 
-    sentences = [s for s in sentences if s]
-    if len(sentences) > sample_lines:
-        sentences = random.Random(seed).sample(sentences, sample_lines)
+    sentences = spm_sample(sentences, sample_lines, seed)
     model = io.BytesIO()
     try:
         _train(sentences, model, vocab_size, model_type)
@@ -38,6 +36,15 @@ def train_sentencepiece(
     out_file = Path(out_file)
     atomic_write_bytes(out_file, model.getvalue())  # a run killed while writing leaves no half model to reuse
     return out_file
+
+
+def spm_sample(sentences: list[str], sample_lines: int, seed: int) -> list[str]:
+    """The lines a SentencePiece model is trained on: the non-empty ones, a seeded sample of ``sample_lines``
+    when there are more."""
+    sentences = [s for s in sentences if s]
+    if len(sentences) > sample_lines:
+        sentences = random.Random(seed).sample(sentences, sample_lines)
+    return sentences
 
 
 def _train(sentences: list[str], model: io.BytesIO, vocab_size: int, model_type: str) -> None:

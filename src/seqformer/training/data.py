@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -11,7 +12,14 @@ from typing import Any
 from seqformer.config import TrainConfig
 from seqformer.data.batching import Example
 from seqformer.data.corpus import drop_empty, read_parallel
-from seqformer.data.tokenizer import EOS, Tokenizer, check_special_ids, piece_count, train_sentencepiece
+from seqformer.data.tokenizer import (
+    EOS,
+    Tokenizer,
+    check_special_ids,
+    piece_count,
+    spm_sample,
+    train_sentencepiece,
+)
 from seqformer.errors import DataError
 from seqformer.io import ModelDir, atomic_write_text, copy_tokenizer
 
@@ -35,39 +43,51 @@ def _tokenizer_files(cfg: TrainConfig, out: Path, pairs: list[tuple[str, str]], 
             for f in files:  # a bad file is named as the user gave it, before anything is copied
                 check_special_ids(Tokenizer.load(f).src, f)
             copy_tokenizer(files, out)
+            _mark_copied(files, out)
         names = [f.name for f in files]
         return names[0], names[-1]
     if not write:
         return ("spm.model", "spm.model") if cfg.joint_vocab else ("src.spm", "tgt.spm")
     sides = {"spm.model": None} if cfg.joint_vocab else {"src.spm": 0, "tgt.spm": 1}
     for name, side in sides.items():
-        if not _reused(out / name, cfg, side):
+        lines = spm_sample([s for p in pairs for s in p] if side is None else [p[side] for p in pairs],
+                           cfg.spm_sample_lines, cfg.seed)
+        recipe = _tokenizer_recipe(cfg, lines)
+        if not _reused(out / name, cfg, recipe):
             log.info("training a%s SentencePiece model (%d pieces)", " joint" if side is None else "",
                      cfg.vocab_size)
-            lines = [s for p in pairs for s in p] if side is None else [p[side] for p in pairs]
             # first, so that a tokenizer a restart finds always has its settings beside it
-            atomic_write_text(_recipe_file(out / name), json.dumps(_tokenizer_recipe(cfg, side), indent=2) + "\n")
-            train_sentencepiece(lines, out / name, cfg.vocab_size, cfg.spm_model_type, cfg.spm_sample_lines, cfg.seed)
+            atomic_write_text(_recipe_file(out / name), json.dumps(recipe, indent=2) + "\n")
+            train_sentencepiece(lines, out / name, cfg.vocab_size, cfg.spm_model_type, len(lines) or 1, cfg.seed)
     names = list(sides)
     return names[0], names[-1]
 
 
 def _recipe_file(path: Path) -> Path:
-    """Where the settings a tokenizer trained for this run was trained with are kept, beside it."""
+    """Where what a run's tokenizer was trained on and with is kept, beside it."""
     return path.with_name(path.name + ".recipe.json")
 
 
-def _tokenizer_recipe(cfg: TrainConfig, side: int | None) -> dict[str, Any]:
-    """Everything that shapes a tokenizer seqformer trains for a run: what must match for a restart to keep it."""
-    return {"train": str(Path(cfg.train).resolve()), "src_lang": cfg.src_lang, "tgt_lang": cfg.tgt_lang,
-            "side": {None: "joint", 0: "source", 1: "target"}[side], "vocab_size": cfg.vocab_size,
-            "spm_model_type": cfg.spm_model_type, "spm_sample_lines": cfg.spm_sample_lines, "seed": cfg.seed}
+def _tokenizer_recipe(cfg: TrainConfig, lines: list[str]) -> dict[str, Any]:
+    """Everything that shapes a tokenizer seqformer trains: the exact text (the corpus side and sample it is
+    trained on, by digest), vocabulary size and model type; what must match for a restart to keep it."""
+    digest = hashlib.sha256("\n".join(lines).encode("utf-8", "surrogatepass")).hexdigest()
+    return {"vocab_size": cfg.vocab_size, "spm_model_type": cfg.spm_model_type, "text_sha256": digest,
+            "text_lines": len(lines)}
 
 
-def _reused(path: Path, cfg: TrainConfig, side: int | None) -> bool:
+def _mark_copied(files: list[Path], out: Path) -> None:
+    """Beside each tokenizer file copied into ``out``, a recipe no training matches: a later run in ``out``
+    that trains its own tokenizer must not take a copied one with the same name for its own."""
+    for f in files:
+        atomic_write_text(_recipe_file(out / Path(f).name), json.dumps({"copied_from": str(Path(f).resolve())}) + "\n")
+
+
+def _reused(path: Path, cfg: TrainConfig, want: dict[str, Any]) -> bool:
     """Whether an earlier start of this run left a tokenizer at ``path`` that this one keeps (said in the log).
-    One trained with other settings (its ``.recipe.json``; without one, by an older seqformer: more pieces than
-    ``vocab_size``) was trained for another recipe: an error, as the weights would be in the wrong pieces."""
+    One trained on other text or with other settings (its ``.recipe.json``; without one, from a seqformer
+    before those files: more pieces than ``vocab_size``) belongs to another recipe: an error, so that no
+    weights are trained in the wrong pieces."""
     if not path.is_file():
         return False
     pieces = piece_count(path)
@@ -77,9 +97,16 @@ def _reused(path: Path, cfg: TrainConfig, side: int | None) -> bool:
         try:
             kept = json.loads(recipe.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError):
-            raise DataError(f"{recipe}: not the JSON seqformer writes beside a tokenizer: {delete}") from None
-        want = _tokenizer_recipe(cfg, side)
+            kept = None
+        if not isinstance(kept, dict):
+            raise DataError(f"{recipe}: not the JSON seqformer writes beside a tokenizer: {delete}")
+        if "copied_from" in kept:
+            raise DataError(f"{path}: a tokenizer an earlier run copied from {kept['copied_from']}, not one trained "
+                            f"for this recipe: {delete}")
         changed = next((k for k in want if kept.get(k) != want[k]), None)
+        if changed in ("text_sha256", "text_lines"):
+            raise DataError(f"{path}: a tokenizer an earlier run trained on other text (another corpus, side, "
+                            f"spm_sample_lines or seed): {delete}")
         if changed:
             raise DataError(f"{path}: a tokenizer left by an earlier run with {changed}={kept.get(changed)!r}, this "
                             f"recipe has {changed}={want[changed]!r}: {delete}")
@@ -97,6 +124,7 @@ def _init_tokenizer(init: ModelDir, out: Path, write: bool) -> tuple[Tokenizer, 
     files = Tokenizer.files(section)
     if write:
         copy_tokenizer([init.path / f for f in files.values()], out)
+        _mark_copied([init.path / f for f in files.values()], out)
     local = {**section, **{k: Path(f).name for k, f in files.items()}}
     extra = {k: local[k] for k in _EXTRA_KEYS if k in local}
     return Tokenizer.from_config(out, local), (local["src"], local["tgt"]), extra
