@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
@@ -199,13 +199,10 @@ def save_weights(path: Path, model: nn.Module, dtype: torch.dtype | None = None,
 def weights_metadata(path: Path) -> dict[str, str]:
     """The header strings :func:`save_weights` was given for ``path`` (empty when none, or unreadable)."""
     try:
-        with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(size)) if 0 < size < 1 << 27 else {}
-    except (OSError, ValueError, UnicodeDecodeError):
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError):
         return {}
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    return meta if isinstance(meta, dict) else {}
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ def average_tensors(paths: list[Path]) -> dict[str, torch.Tensor]:
 
 
 BEST_KEPT = "model.best.safetensors"  # the best-checkpoint model an in-place average replaced
-AVERAGED = "averaged_from"  # in an average's weights header: the checkpoints it is the mean of
+AVERAGED = "averaged_from"  # in an average's config.json and weights header: the checkpoints it is the mean of
 
 
 def average_checkpoints(run_dir: Path, last: int, out: Path | None = None, dtype: str = "float32") -> Path:
@@ -53,11 +53,11 @@ def average_checkpoints(run_dir: Path, last: int, out: Path | None = None, dtype
     out = Path(out) if out is not None else Path(run_dir)
     mdir = read_model_dir(run_dir)  # config.json checked (its sections, fields and tokenizer files) first
     config = mdir.meta
-    averaged_before = "averaged_from" in config  # an earlier in-place average's mark in config.json (set anew below)
+    averaged_before = AVERAGED in config  # an earlier in-place average's mark in config.json (set anew below)
     model = Seq2SeqTransformer(mdir.model_cfg)
     import_state(model, average_tensors(paths), f"average of {len(paths)} checkpoints")
     config["weights_dtype"] = dtype
-    config["averaged_from"] = [p.name for p in paths]
+    config[AVERAGED] = [p.name for p in paths]
     if out.resolve() == Path(run_dir).resolve():  # the run's own model: same files, two atomic writes
         if _written_by_training(out, config_marked=averaged_before):
             # pruning may have removed the best checkpoint: this file is then the only copy of that model
@@ -89,5 +89,5 @@ def _written_by_training(run_dir: Path, config_marked: bool) -> bool:
 
 def _write(out: Path, model: Seq2SeqTransformer, config: dict, dtype: str) -> None:
     save_weights(out / "model.safetensors", model, torch.float16 if dtype == "float16" else None,
-                 metadata={AVERAGED: json.dumps(config["averaged_from"])})
+                 metadata={AVERAGED: json.dumps(config[AVERAGED])})
     atomic_write_bytes(out / "config.json", (json.dumps(config, indent=2) + "\n").encode())

@@ -42,8 +42,7 @@ def _tokenizer_files(cfg: TrainConfig, out: Path, pairs: list[tuple[str, str]], 
         if write:
             for f in files:  # a bad file is named as the user gave it, before anything is copied
                 check_special_ids(Tokenizer.load(f).src, f)
-            copy_tokenizer(files, out)
-            _mark_copied(files, out)
+            _copy_in(files, out)
         names = [f.name for f in files]
         return names[0], names[-1]
     if not write:
@@ -76,9 +75,10 @@ def _tokenizer_recipe(cfg: TrainConfig, lines: list[str]) -> dict[str, Any]:
             "text_lines": len(lines)}
 
 
-def _mark_copied(files: list[Path], out: Path) -> None:
-    """Beside each tokenizer file copied into ``out``, a recipe no training matches: a later run in ``out``
-    that trains its own tokenizer must not take a copied one with the same name for its own."""
+def _copy_in(files: list[Path], out: Path) -> None:
+    """Copy tokenizer files into ``out``, each with a recipe beside it that no training matches: a later run in
+    ``out`` that trains its own tokenizer must not take a copied one with the same name for its own."""
+    copy_tokenizer(files, out)
     for f in files:
         atomic_write_text(_recipe_file(out / Path(f).name), json.dumps({"copied_from": str(Path(f).resolve())}) + "\n")
 
@@ -123,8 +123,7 @@ def _init_tokenizer(init: ModelDir, out: Path, write: bool) -> tuple[Tokenizer, 
     section = init.meta["tokenizer"]
     files = Tokenizer.files(section)
     if write:
-        copy_tokenizer([init.path / f for f in files.values()], out)
-        _mark_copied([init.path / f for f in files.values()], out)
+        _copy_in([init.path / f for f in files.values()], out)
     local = {**section, **{k: Path(f).name for k, f in files.items()}}
     extra = {k: local[k] for k in _EXTRA_KEYS if k in local}
     return Tokenizer.from_config(out, local), (local["src"], local["tgt"]), extra
