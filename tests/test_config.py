@@ -60,6 +60,7 @@ def test_configs_are_frozen(cls):
     (TrainConfig, dict(save_every=0), "save_every must be >= 1"),
     (TrainConfig, dict(weight_decay=-0.1), "weight_decay"),
     (TrainConfig, dict(spm_sample_lines=0), "spm_sample_lines"),
+    (TrainConfig, dict(seed=2**64), "seed must be a 64-bit integer"),  # was a traceback at the first batch
     (TrainConfig, dict(adam_betas=(0.9, 1.0)), "adam_betas"),
     (TrainConfig, dict(adam_eps=-1e-9), "adam_eps"),
     (TrainConfig, dict(tokenizer="en/spm.model,fr/spm.model"), "same file name"),  # one overwrote the other

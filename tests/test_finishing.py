@@ -143,6 +143,43 @@ def test_epochs_end_the_run_with_the_last_batch_of_the_last_epoch(data_dir, tmp_
     assert len(updates("two")) == len(both)
 
 
+def test_an_epochs_run_with_update_freq_trains_its_last_epoch_once_and_no_further(data_dir, tmp_path):
+    def updates(name):
+        return [r for r in read_log(tmp_path / name / "train_log.jsonl") if "loss" in r]
+
+    train(tiny_config(data_dir, tmp_path / "one", max_steps=0, epochs=1, save_every=1000), progress=False)
+    n = len(updates("one"))  # one update per batch
+    k = next(k for k in range(2, n + 2) if n % k)  # updates of k batches that do not divide the epoch
+    train(tiny_config(data_dir, tmp_path / "grouped", max_steps=0, epochs=1, update_freq=k, save_every=1000),
+          progress=False)
+    grouped = updates("grouped")
+    assert len(grouped) == -(-n // k) and {r["epoch"] for r in grouped} == {0}
+    # every batch of the epoch once: the last update was filled up from a second pass over the data
+    assert sum(r["tokens"] for r in grouped) == sum(r["tokens"] for r in updates("one"))
+
+
+def test_a_large_seed_trains(data_dir, tmp_path):
+    # seed * the epoch stride overflowed torch's 64-bit seed: a traceback at the first batch, after the corpus,
+    # the tokenizer and the model were made
+    train(tiny_config(data_dir, tmp_path / "run", max_steps=2, epochs=0, seed=2**62, save_every=1000), progress=False)
+    assert [r["step"] for r in read_log(tmp_path / "run" / "train_log.jsonl") if "loss" in r] == [1, 2]
+
+
+def test_training_gives_the_callers_thread_count_back(data_dir, tmp_path):
+    before = torch.get_num_threads()
+    run = 2 if before == 1 else 1
+    train(tiny_config(data_dir, tmp_path / "run", max_steps=1, threads=run, save_every=1000), progress=False)
+    assert torch.get_num_threads() == before  # was left at the run's --threads: a notebook then decoded on it
+
+
+def test_shared_embeddings_need_a_joint_vocabulary(data_dir, tmp_path):
+    # equal vocabulary sizes passed ModelConfig's check: source piece i and target piece i shared one row
+    cfg = tiny_config(data_dir, tmp_path / "run", tokenizer="", joint_vocab=False, vocab_size=64)
+    with pytest.raises(ConfigError, match="share_embeddings needs one tokenizer for both sides"):
+        train(cfg, {"share_embeddings": True}, progress=False)
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
 def test_early_stopping_keeps_the_best_model(data_dir, tmp_path, monkeypatch):
     scores = iter([3.0, 2.0, 2.5, 2.0, 2.2])  # valid NLL (4 checks + the final one): best at step 4
     monkeypatch.setattr(trainer_mod, "validate", lambda *a, **k: {"valid_nll": next(scores)})

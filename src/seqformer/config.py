@@ -183,6 +183,7 @@ class TrainConfig:
         _check(self.patience >= 0, f"patience must be >= 0 (0: never stop early), found {self.patience}")
         _check(self.valid_beam_size >= 1, f"valid_beam_size must be >= 1, found {self.valid_beam_size}")
         _check(self.spm_sample_lines >= 1, f"spm_sample_lines must be >= 1, found {self.spm_sample_lines}")
+        _check(-(2**63) <= self.seed < 2**64, f"seed must be a 64-bit integer (-2**63 to 2**64 - 1), found {self.seed}")
         for name in ("log_every", "valid_every", "save_every"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1, found {getattr(self, name)}")
         if self.tokenizer:

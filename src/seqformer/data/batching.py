@@ -28,6 +28,12 @@ class Batch:
     pad_id: int = 0
 
 
+def torch_seed(value: int) -> int:
+    """``value`` as a seed torch takes (-2**63 to 2**64 - 1): unchanged inside that range, folded modulo 2**64
+    outside it (a large --seed times the epoch stride, or plus a rank, would otherwise stop training)."""
+    return value if -(2**63) <= value < 2**64 else value % 2**64
+
+
 def bucket_batches(lengths: list[tuple[int, int]], max_tokens: int, seed: int, epoch: int) -> list[list[int]]:
     """Group example indices into batches of at most ``max_tokens`` padded tokens per side.
 
@@ -35,7 +41,7 @@ def bucket_batches(lengths: list[tuple[int, int]], max_tokens: int, seed: int, e
     into batches, and the batch order is shuffled; the same (seed, epoch) always
     gives the same batches, which is what makes exact resume possible.
     """
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    gen = torch.Generator().manual_seed(torch_seed(seed * 1_000_003 + epoch))
     noise = torch.randperm(len(lengths), generator=gen).tolist()
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i][1], lengths[i][0], noise[i]))
     batches: list[list[int]] = []

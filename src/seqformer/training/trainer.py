@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from seqformer.config import INIT_FIELDS, PRESETS, ModelConfig, TrainConfig, from_dict, read_config, to_dict
-from seqformer.data.batching import Batch, bucket_batches, collate
+from seqformer.data.batching import Batch, bucket_batches, collate, torch_seed
 from seqformer.errors import ConfigError, DataError, ModelDirError, SeqformerError, TrainingStopped
 from seqformer.io import (
     ModelDir,
@@ -76,6 +76,9 @@ def _model_config(cfg: TrainConfig, src_vocab: int, tgt_vocab: int, share: bool,
     fields.update(src_vocab_size=src_vocab, tgt_vocab_size=tgt_vocab, share_embeddings=share,
                   max_positions=max(512, cfg.max_len + 1))
     fields.update(overrides)
+    if fields["share_embeddings"] and not share:  # equal sizes pass ModelConfig, but piece i is two subwords
+        raise ConfigError("share_embeddings needs one tokenizer for both sides (a joint vocabulary): with separate "
+                          "source and target tokenizers it would tie unrelated pieces; drop --share-embeddings")
     return from_dict(ModelConfig, fields)
 
 
@@ -132,7 +135,7 @@ class Trainer:
         self.amp = Amp(cfg.precision, self.device)
         self.loss_fn = self.dist.wrap(LossModule(self.model, cfg.label_smoothing))
         if self.dist.rank:  # same initial weights everywhere, different dropout masks per rank
-            torch.manual_seed(cfg.seed + self.dist.rank)
+            torch.manual_seed(torch_seed(cfg.seed + self.dist.rank))
         self.state = ckpt.TrainState()
         self.progress = progress and self.dist.is_main
         self.runlog = RunLog(self.out, enabled=self.dist.is_main)
@@ -213,12 +216,21 @@ class Trainer:
     def next_indices(self) -> list[list[int]]:
         """The example indices of the next ``update_freq * world_size`` batches, advancing epochs as needed.
 
-        Every rank walks the same batches, so the position in the epoch is the same everywhere.
+        Every rank walks the same batches, so the position in the epoch is the same everywhere. The last
+        epoch of an ``epochs`` run ends its last update with its last batch (a shorter group), rather than
+        filling the group from a next pass over the data; with several ranks, with as few of the next pass's
+        batches as it takes to give every rank the same number.
         """
         group: list[list[int]] = []
-        while len(group) < self.cfg.update_freq * self.dist.world_size:
+        ranks = self.dist.world_size
+        past_the_end = False  # the group reached into the pass after the last epoch: end it once the ranks can share it
+        while len(group) < self.cfg.update_freq * ranks and not (past_the_end and len(group) % ranks == 0):
             batches = self.epoch_batches()
             if self.state.batch_in_epoch >= len(batches):
+                if group and self.cfg.epochs and self.state.epoch + 1 >= self.cfg.epochs:
+                    if len(group) % ranks == 0:
+                        break  # the run's last update: done() sees the last epoch at its end
+                    past_the_end = True
                 self.state.epoch += 1
                 self.state.batch_in_epoch = 0
                 continue
@@ -517,6 +529,7 @@ def train(cfg: TrainConfig, model_overrides: dict[str, Any] | None = None, resum
     d = distributed.setup()
     if not d.is_main:
         log.setLevel(logging.WARNING)
+    threads = torch.get_num_threads()  # --threads is the run's: the caller's own setting comes back after it
     try:
         trainer = _make_trainer(cfg, model_overrides or {}, resume, progress, d)
         if resume and not trainer.resume():
@@ -528,6 +541,7 @@ def train(cfg: TrainConfig, model_overrides: dict[str, Any] | None = None, resum
     finally:
         distributed.shutdown(d)
         release(Path(cfg.out))
+        torch.set_num_threads(threads)
     if trainer.stop_signal is not None:
         raise TrainingStopped(trainer.stop_signal, trainer.state.step)
     return Path(cfg.out)
