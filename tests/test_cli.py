@@ -139,6 +139,21 @@ def test_evaluate_prints_bleu_and_chrf_with_signatures(run_dir, tmp_path, capsys
     assert result["bleu"] == round(sacrebleu.corpus_bleu(hyps, [refs[0], [s for s, _ in pairs]]).score, 2)
 
 
+def test_bleu_of_an_unspaced_target_counts_its_characters_not_its_clauses(run_dir, tmp_path, capsys):
+    from seqformer.evaluation import bleu_tokenizer, score
+
+    hyp, ref = ["我们今天去公园散步。"], [["我们今天去公园跑步。"]]
+    assert score(hyp, ref)["bleu"] == 0.0  # 13a: each side one token, and they differ
+    zh = score(hyp, ref, tgt_lang="zho_Hans")  # was 0 for every Chinese model: 13a whatever the language
+    assert zh["bleu"] == round(sacrebleu.BLEU(tokenize="zh").corpus_score(hyp, ref).score, 2) > 30
+    assert "tok:zh" in zh["bleu_signature"]
+    assert [bleu_tokenizer(code) for code in ("zh", "ja-JP", "kor", "fr", "")] == ["zh", "char", "char", "13a", "13a"]
+    (tmp_path / "src.txt").write_text("a b\n")
+    rc = call_main("evaluate", "--model", run_dir, "--src", tmp_path / "src.txt", "--ref", tmp_path / "src.txt",
+                   "--tokenize", "char", "--json")
+    assert rc == 0 and "tok:char" in json.loads(capsys.readouterr().out)["bleu_signature"]
+
+
 def test_average_into_another_training_run_is_refused(run_dir, tmp_path, capsys):
     other = tmp_path / "other-run"
     (other / "checkpoints").mkdir(parents=True)

@@ -134,9 +134,11 @@ def test_a_piped_line_is_translated_while_the_pipe_stays_open(model_dir):
 
 def test_a_reader_that_leaves_ends_translation_quietly(model_dir):
     # `seqformer translate ... | head -1`: status 0 and nothing on stderr (not status 1 from the OSError handler, nor
-    # Python's "Exception ignored ... BrokenPipeError" from a failed flush at exit)
+    # Python's "Exception ignored ... BrokenPipeError" from a failed flush at exit). PYTHONUNBUFFERED (set where these
+    # tests were written) hid the second: a buffered stdout keeps what a flush could not write, and flushes it again.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     proc = subprocess.Popen([*seqformer_command(), "translate", "--model", str(model_dir)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(env, OMP_NUM_THREADS="1"))
     try:
         proc.stdin.write(b"a b\n")
         proc.stdin.flush()
@@ -165,6 +167,34 @@ def test_piped_lines_that_arrived_together_are_batched_together():
     os.close(write)
     assert list(lines) == [(b"no newline at the end", False)]
     os.close(read)
+
+
+def test_lines_waiting_on_stdin_are_chunked_as_a_files_are(monkeypatch):
+    # Chunks of one batch gave --streams nothing to share out (and sorting by length little to sort): a file
+    # piped in decoded on one stream whatever --streams said.
+    import argparse
+
+    from seqformer.commands import INPUT_CHUNK_BATCHES, _chunks
+
+    read, write = os.pipe()
+    os.write(write, b"".join(b"w%d\n" % i for i in range(100)))
+    os.close(write)
+    with open(read, closefd=True) as stdin:
+        monkeypatch.setattr("sys.stdin", stdin)
+        chunks = list(_chunks(argparse.Namespace(text=None, input=None), batch_size=8))
+    assert 100 < 8 * INPUT_CHUNK_BATCHES and [len(c) for c in chunks] == [100]
+    assert chunks[0] == [f"w{i}" for i in range(100)]
+
+
+def test_an_input_file_is_translated_as_it_is_read(model_dir, tmp_path, capsys):
+    # The whole file was read (and held) before the first line was translated: a bad line 17 now stops the run
+    # after the first chunk's 16 translations (batches of 1) have been printed, not before any.
+    good = ["a b", "c d"] * 8
+    (tmp_path / "in.txt").write_bytes("".join(x + "\n" for x in good).encode() + b"\xff bad\n")
+    rc = call_main("translate", "--model", model_dir, "--input", tmp_path / "in.txt", "--batch-size", "1")
+    out, err = capsys.readouterr()
+    assert rc == 1 and "in.txt:17: not valid UTF-8" in err
+    assert out.splitlines() == Translator.load(model_dir).translate(good)
 
 
 def test_input_may_be_a_pipe(model_dir):
@@ -543,6 +573,8 @@ def test_a_sentence_translated_as_nothing_adds_no_space_when_joined():
 
     joined = join_pieces([one(""), one("Bonjour."), one(""), one("Merci."), one("")])
     assert joined[0].text == "Bonjour. Merci."  # was: " Bonjour.  Merci. "
+    # Chinese and Japanese sentences follow each other without a space (one was put after every 。)
+    assert join_pieces([one("我很好。"), one("你呢？"), one("「好。」"), one("OK.")])[0].text == "我很好。你呢？「好。」OK."
 
 
 @pytest.mark.filterwarnings("ignore:.*outside the model's vocabulary")

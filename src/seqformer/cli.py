@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -93,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hyp-out", help="also write the translations to this file")
     p.add_argument("--json", action="store_true", help="print scores as JSON")
     p.add_argument("--no-split", action="store_true", help="translate each line whole, not sentence by sentence")
+    p.add_argument("--tokenize", choices=BLEU_TOKENIZERS, default=None,
+                   help="sacreBLEU's tokenizer for BLEU (default: 13a; zh for a Chinese target, char for Japanese "
+                        "or Korean, by the model's target language)")
     add_dataclass_args(p, DecodeConfig, skip=_DECODE_SKIP | {"sampling", "temperature", "top_k", "top_p", "nbest"},
                        title="decoding (DecodeConfig)")
 
@@ -133,7 +137,10 @@ def _add_serving_parsers(sub) -> None:
                        title="decoding (DecodeConfig)")
 
 
+# sacreBLEU's tokenizers that need nothing more (its spm/flores ones download a model; MeCab needs packages)
+BLEU_TOKENIZERS = ("13a", "intl", "zh", "char", "none")
 _PATH_OPTIONS = ("input", "output", "hyp_out", "model", "out", "train", "valid", "src", "ref", "config", "tokenizer")
+_PATH_ARGUMENTS = ("hf_dir", "out_dir", "run_dir")  # positional: "" would be the working directory
 
 
 def _refuse_empty_paths(args: argparse.Namespace) -> None:
@@ -144,6 +151,21 @@ def _refuse_empty_paths(args: argparse.Namespace) -> None:
         values = value if isinstance(value, list) else [value]
         if any(isinstance(v, str) and not v.strip() for v in values):
             raise ConfigError(f"--{name.replace('_', '-')} is empty: give a path")
+    for name in _PATH_ARGUMENTS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and not value.strip():
+            raise ConfigError(f"{name.upper()} is empty: give a path")
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null: what its buffer still holds for the reader that left would fail again when
+    Python flushes it at exit ("Exception ignored ... BrokenPipeError" and status 120)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no file descriptor underneath (an IDE's stream): nothing to do
+        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,7 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("seqformer: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:  # the reader left (`| head -1`): not an error
+        _discard_stdout()
         return 0
     except OSError as err:  # e.g. an output path that cannot be written
         where = f"{err.filename}: " if err.filename else ""

@@ -14,7 +14,7 @@ from typing import Any
 
 from seqformer.cli import picked
 from seqformer.config import DecodeConfig, ModelConfig, TrainConfig, beam_given_with_sampling, from_dict, load_recipe
-from seqformer.data.corpus import decode_lines, read_lines
+from seqformer.data.corpus import decode_lines, read_line_chunks, read_lines
 from seqformer.errors import ConfigError, DataError
 from seqformer.io import write_output
 from seqformer.threads import set_threads
@@ -121,25 +121,24 @@ def _arriving_lines(fd: int) -> Iterator[tuple[bytes, bool]]:
         yield bytes(pending), False
 
 
-# An --input file is translated this many batches at a time: sorted by length across them (less padding),
-# and enough batches for --streams to decode at once.
+# An --input file, and lines waiting on stdin, are translated this many batches at a time: sorted by length
+# across them (less padding), and enough batches for --streams to decode at once.
 INPUT_CHUNK_BATCHES = 16
 
 
 def _chunks(args: argparse.Namespace, batch_size: int) -> Iterator[list[str]]:
     """Inputs in chunks: TEXT arguments, the --input file, or stdin as it arrives.
 
-    From stdin a chunk is translated as soon as no further line is waiting: a client that writes one
-    line and waits for its translation gets it, a fast producer still gets full batches.
+    A file is read a chunk at a time, as it is translated. From stdin a chunk is translated as soon as no
+    further line is waiting: a client that writes one line and waits for its translation gets it, a fast
+    producer still gets chunks as large as a file's.
     """
+    size = batch_size * INPUT_CHUNK_BATCHES
     if args.text:
         yield _text_args(args.text)
         return
     if args.input:
-        lines = read_lines(Path(args.input))
-        size = batch_size * INPUT_CHUNK_BATCHES
-        for i in range(0, len(lines), size):
-            yield lines[i : i + size]
+        yield from read_line_chunks(Path(args.input), size)
         return
     if sys.stdin is None:  # file descriptor 0 closed (cron, some service managers)
         raise DataError("nothing to translate: no TEXT, no --input, and stdin is closed")
@@ -154,7 +153,7 @@ def _chunks(args: argparse.Namespace, batch_size: int) -> Iterator[list[str]]:
     chunk: list[str] = []
     for line in decode_lines(raw_lines(), "<stdin>"):
         chunk.append(line)
-        if interactive or len(chunk) >= batch_size or not waiting[0]:
+        if interactive or len(chunk) >= size or not waiting[0]:
             yield chunk
             chunk = []
     if chunk:
@@ -216,7 +215,7 @@ def evaluate(args: argparse.Namespace) -> int:
     hyps = translator.translate(src, split=not args.no_split, **asdict(cfg))
     if args.hyp_out:
         write_output(Path(args.hyp_out), "".join(h + "\n" for h in hyps).encode("utf-8"))
-    result = score(hyps, refs)
+    result = score(hyps, refs, args.tokenize, translator.dir.tgt_lang)
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     else:

@@ -29,6 +29,7 @@ _BEFORE_NUMBER = frozenset("no nos nr p pp art vol ch sec pt".split())  # "p. 12
 _BEFORE_LOWER = frozenset("etc inc ltd co corp bros".split())  # "etc. and more"; "pears, etc. Then" ends
 _DOTTED = re.compile(r"(?:[^\W\d_]{1,2}\.)+[^\W\d_]{1,2}")
 _LIST_START = re.compile(r"[(\[]?\d{1,2}[.)] ")  # "1. Buy milk 2. Call Sam"
+_NEXT_WORD = re.compile(rf"[{re.escape(_CLOSERS)} ]*(.?)", re.DOTALL)  # group 1: the next word's first character
 
 
 def _is_abbreviation(text: str, period: int) -> bool:
@@ -36,7 +37,7 @@ def _is_abbreviation(text: str, period: int) -> bool:
     start = text.rfind(" ", 0, period) + 1
     word = text[start:period].lstrip(_OPENERS)
     lower = word.lower()
-    after = text[period + 1 :].lstrip(_CLOSERS + " ")[:1]  # the first character of the next word
+    after = _NEXT_WORD.match(text, period + 1).group(1)  # matched in place: a slice of the rest per period was quadratic
     if lower in _ABBREVIATIONS:
         return True
     if lower in _BEFORE_NUMBER and after.isdigit():
@@ -79,6 +80,19 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in sentences if s.strip()]
 
 
+_CJK_END = re.compile(rf"[。！？][{re.escape(_CLOSERS)}]*$")  # a sentence that wants no space after it
+
+
+def _joined(texts: list[str]) -> str:
+    """Sentences in a row: a space between them, except after a CJK full stop, exclamation or question mark."""
+    parts: list[str] = []
+    for text in texts:
+        if parts and not _CJK_END.search(parts[-1]):
+            parts.append(" ")
+        parts.append(text)
+    return "".join(parts)
+
+
 def join_pieces(pieces: list[list[Translation]]) -> list[Translation]:
     """Combine the n-best lists of a text's sentences: one sentence keeps its n-best,
     several give one hypothesis joining the best of each (scores summed)."""
@@ -91,7 +105,7 @@ def join_pieces(pieces: list[list[Translation]]) -> list[Translation]:
         return pieces[0]
     best = [p[0] for p in pieces]
     return [Translation(
-        text=" ".join(b.text for b in best if b.text),  # a sentence translated as nothing adds no space
+        text=_joined([b.text for b in best if b.text]),  # a sentence translated as nothing adds no space
         score=sum(b.score for b in best),
         logprob=sum(b.logprob for b in best),
         tokens=[t for b in best for t in b.tokens],

@@ -50,9 +50,21 @@ def decode_lines(raw: Iterable[bytes], name: str) -> Iterator[str]:
 
 def read_lines(path: Path) -> list[str]:
     """All lines of a plain or gzipped UTF-8 text file without their line endings."""
+    return [line for chunk in read_line_chunks(path, 1 << 16) for line in chunk]
+
+
+def read_line_chunks(path: Path, size: int) -> Iterator[list[str]]:
+    """The lines of a plain or gzipped UTF-8 text file, ``size`` at a time, read as the chunks are asked for."""
     try:
         with open_binary(path) as f:
-            return list(decode_lines(f, str(path)))
+            chunk: list[str] = []
+            for line in decode_lines(f, str(path)):
+                chunk.append(line)
+                if len(chunk) == size:
+                    yield chunk
+                    chunk = []
+            if chunk:
+                yield chunk
     except (OSError, EOFError, zlib.error) as err:  # zlib.error: corrupt compressed data
         raise DataError(f"{path}: cannot read ({err})") from None
 

@@ -12,6 +12,7 @@ from seqformer.config import DecodeConfig, TrainConfig
 from seqformer.data.batching import Example, bucket_batches, collate, encode_source, pad
 from seqformer.data.tokenizer import Tokenizer
 from seqformer.decoding import generate
+from seqformer.evaluation import bleu_tokenizer
 from seqformer.model.transformer import Seq2SeqTransformer
 from seqformer.training.optim import batch_loss
 
@@ -58,6 +59,6 @@ def validate(model: Seq2SeqTransformer, tok: Tokenizer, examples: list[Example],
         # decoding/ builds its tensors on the CPU, so a GPU model is decoded from a CPU copy
         cpu_model = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu().eval()
         hyps = tok.decode_tgt(translate_ids(cpu_model, src, DecodeConfig(beam_size=cfg.valid_beam_size, batch_size=64)))
-        metrics["bleu"] = sacrebleu.corpus_bleu(hyps, [[t for _, t in subset]]).score
+        metrics["bleu"] = sacrebleu.corpus_bleu(hyps, [[t for _, t in subset]], tokenize=bleu_tokenizer(cfg.tgt_lang)).score
     model.train()
     return metrics
