@@ -194,6 +194,63 @@ def test_importing_into_the_hugging_face_directory_itself_is_refused(marian, tmp
     assert (path / "config.json").read_bytes() == before and not (path / "marian_config.json").exists()
 
 
+def test_a_language_tag_the_model_does_not_know_is_warned_of(marian):
+    # it reached the model as <unk> without a word: the model then chose the target language itself
+    path, _, _ = marian
+    translator = Translator.load(path)
+    body = TEXTS[0].removeprefix(">>fra<< ")
+    known = translator.tokenizer.known_lang_tags()  # the fixture's separate source vocabulary has no tags
+    assert known in ([">>deu<<", ">>fra<<", ">>spa<<"], [])
+    if known:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            translator.translate([TEXTS[0]], beam_size=1)  # a tag it knows
+    have = r"its tags: >>deu<<, >>fra<<, >>spa<<" if known else "it has none"
+    with pytest.warns(UserWarning, match=rf"language tag\(s\) >>fr<<, >>xyz<< not in the model's vocabulary \({have}\)"):
+        translator.translate([f">>fr<< {body}", f">>xyz<< {body}"], beam_size=1)
+
+
+def test_a_half_precision_checkpoint_with_its_position_tables_imports(marian, tmp_path):
+    # torch.save(model.half().state_dict()) keeps Marian's fixed sinusoids rounded to fp16: they were refused as
+    # "not Marian's sinusoid table" (compared within 1e-4, finer than fp16 rounds numbers near 1)
+    import copy
+
+    path, hf, _ = marian
+    half = tmp_path / "half"
+    shutil.copytree(path, half)
+    (half / "model.safetensors").unlink()
+    state = copy.deepcopy(hf).half().state_dict()
+    assert any("embed_positions" in name for name in state)
+    torch.save(state, half / "pytorch_model.bin")
+    assert read_marian(half).model_cfg == read_marian(path).model_cfg
+
+
+def test_what_is_wrong_with_the_weights_names_their_file(marian, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    path, _, _ = marian
+    bad = tmp_path / "bad"
+    shutil.copytree(path, bad)
+    tensors = load_file(bad / "model.safetensors")
+    save_file({**tensors, "model.extra.weight": torch.zeros(2)}, bad / "model.safetensors")
+    assert main(["import-marian", str(bad), str(tmp_path / "out")]) == 1
+    # was "unexpected Marian tensors: [...]" alone: which of a script's directories, which file?
+    assert f"{bad / 'model.safetensors'}: unexpected Marian tensors: ['model.extra.weight']" in capsys.readouterr().err
+
+
+def test_importing_over_another_marian_directory_or_an_empty_path_is_refused(marian, tmp_path, capsys, monkeypatch):
+    path, _, _ = marian
+    other = tmp_path / "other"
+    shutil.copytree(path, other)
+    before = {f.name: f.read_bytes() for f in other.iterdir()}
+    assert main(["import-marian", str(path), str(other)]) == 1  # the arguments swapped: was overwritten
+    assert "holds a Hugging Face Marian model, which the import would overwrite" in capsys.readouterr().err
+    monkeypatch.chdir(other)
+    assert main(["import-marian", str(path), ""]) == 1  # "$OUT" unset: was the working directory
+    assert capsys.readouterr().err.strip() == "seqformer: error: OUT_DIR is empty: give a path"
+    assert {f.name: f.read_bytes() for f in other.iterdir()} == before
+
+
 def test_importing_into_a_training_run_is_refused(marian, tmp_path, capsys):
     path, _, _ = marian
     run = tmp_path / "run"

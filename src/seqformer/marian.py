@@ -13,8 +13,10 @@ Nothing here needs ``transformers``; the tests check parity against it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,19 +88,26 @@ def is_marian_dir(path: str | Path) -> bool:
         return False
 
 
-def read_hf_weights(path: Path) -> dict[str, Tensor]:
-    """The raw state dict: model.safetensors, else pytorch_model.bin (loaded with weights_only)."""
+def hf_weights_file(path: Path) -> Path:
+    """The file a Marian directory's weights are read from: model.safetensors, else pytorch_model.bin."""
     path = Path(path)
-    if (path / "model.safetensors").is_file():
-        return load_weights(path / "model.safetensors")
-    if (path / "pytorch_model.bin").is_file():
-        try:
-            return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-            raise ModelDirError(f"{path / 'pytorch_model.bin'}: cannot be read safely ({err})") from None
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (path / name).is_file():
+            return path / name
     if (path / "model.safetensors.index.json").is_file():
         raise ModelDirError(f"{path}: sharded checkpoints are not supported")
     raise ModelDirError(f"{path}: no model.safetensors or pytorch_model.bin")
+
+
+def read_hf_weights(path: Path) -> dict[str, Tensor]:
+    """The raw state dict of :func:`hf_weights_file` (pytorch_model.bin loaded with weights_only)."""
+    file = hf_weights_file(path)
+    if file.suffix == ".safetensors":
+        return load_weights(file)
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        raise ModelDirError(f"{file}: cannot be read safely ({err})") from None
 
 
 def _first(raw: dict[str, Tensor], *names: str) -> Tensor | None:
@@ -154,12 +163,17 @@ def model_config(hf: dict[str, Any], enc: Tensor, dec: Tensor, out: Tensor, has_
 def _check_positions(raw: dict[str, Tensor], cfg: ModelConfig) -> None:
     """Marian positions are fixed sinusoids; refuse a checkpoint whose saved table says otherwise."""
     for side in ("encoder", "decoder"):
-        saved = raw.get(f"model.{side}.embed_positions.weight")
+        name = f"model.{side}.embed_positions.weight"
+        saved = raw.get(name)
         if saved is None:
             continue
         table = sinusoid_table(saved.size(0), cfg.d_model, "split")
-        if saved.shape != table.shape or not torch.allclose(saved.float(), table, atol=1e-4):
-            raise ModelDirError(f"model.{side}.embed_positions.weight is not Marian's sinusoid table")
+        if saved.shape != table.shape:
+            raise ModelDirError(f"{name} is {tuple(saved.shape)}, expected (positions, d_model {cfg.d_model})")
+        # within the rounding of the dtype it was saved in (a half-precision copy of the table is the table)
+        atol = max(1e-4, torch.finfo(saved.dtype).eps) if saved.is_floating_point() else 1e-4
+        if not torch.allclose(saved.float(), table, atol=atol):
+            raise ModelDirError(f"{name} is not Marian's sinusoid table")
 
 
 def convert_state(raw: dict[str, Tensor], enc: Tensor, dec: Tensor, out: Tensor, cfg: ModelConfig) -> dict[str, Tensor]:
@@ -203,11 +217,13 @@ def marian_files(path: Path) -> MarianFiles:
     return files
 
 
-def _check_vocab(cfg: ModelConfig, src_vocab: Vocab, tgt_vocab: Vocab) -> None:
+def _check_vocab(cfg: ModelConfig, src_vocab: Vocab, tgt_vocab: Vocab, files: MarianFiles) -> None:
     """Every id of the vocabulary tables must have an embedding."""
-    for name, vocab, size in (("source", src_vocab, cfg.src_vocab_size), ("target", tgt_vocab, cfg.tgt_vocab_size)):
+    for name, vocab, size, file in (("source", src_vocab, cfg.src_vocab_size, files.vocab),
+                                    ("target", tgt_vocab, cfg.tgt_vocab_size, files.tgt_vocab)):
         if len(vocab) > size:
-            raise ModelDirError(f"{name} vocabulary has ids up to {len(vocab) - 1} but the model only {size} embeddings")
+            raise ModelDirError(f"{file}: {name} vocabulary has ids up to {len(vocab) - 1} but the model has only "
+                                f"{size} embeddings")
 
 
 @dataclass
@@ -218,6 +234,7 @@ class MarianImport:
     tensors: dict[str, Tensor]
     files: MarianFiles
     tokenizer: Tokenizer
+    source: str = "Marian checkpoint"  # the weights file, for errors
 
 
 def read_marian(path: str | Path) -> MarianImport:
@@ -228,21 +245,34 @@ def read_marian(path: str | Path) -> MarianImport:
     if not is_marian_dir(path):
         raise ModelDirError(f"{path}: not a Hugging Face Marian directory (config.json with model_type 'marian')")
     hf = read_json(path / "config.json")
+    weights = hf_weights_file(path)
     raw = read_hf_weights(path)
     files = marian_files(path)
     tok = files.tokenizer()
     assert tok.src_vocab is not None and tok.tgt_vocab is not None
-    enc, dec, out = _embeddings(hf, raw)
+    with _naming(weights):
+        enc, dec, out = _embeddings(hf, raw)
     with errors_name(path / "config.json"):
         cfg = model_config(hf, enc, dec, out, "final_logits_bias" in raw, tok.tgt_vocab.unk_id)
-    _check_positions(raw, cfg)
-    _check_vocab(cfg, tok.src_vocab, tok.tgt_vocab)
-    return MarianImport(cfg, convert_state(raw, enc, dec, out, cfg), files, tok)
+    with _naming(weights):
+        _check_positions(raw, cfg)
+        tensors = convert_state(raw, enc, dec, out, cfg)
+    _check_vocab(cfg, tok.src_vocab, tok.tgt_vocab, files)
+    return MarianImport(cfg, tensors, files, tok, str(weights))
+
+
+@contextlib.contextmanager
+def _naming(weights: Path) -> Iterator[None]:
+    """What is wrong with the weights, said with the file they came from."""
+    try:
+        yield
+    except ModelDirError as err:
+        raise ModelDirError(f"{weights}: {err}") from None
 
 
 def build_model(imp: MarianImport) -> Seq2SeqTransformer:
     model = Seq2SeqTransformer(imp.model_cfg)
-    import_state(model, imp.tensors, "Marian checkpoint")
+    import_state(model, imp.tensors, imp.source)
     return model.eval()
 
 
@@ -267,6 +297,9 @@ def import_marian(hf_dir: str | Path, out_dir: str | Path, dtype: str = "float32
     out = Path(out_dir)
     if out.resolve() == Path(hf_dir).resolve():  # its config.json would replace the original's
         raise ModelDirError(f"{out}: the output directory must not be the Hugging Face directory itself")
+    if is_marian_dir(out):  # another one (the arguments swapped): its config.json, weights and vocab.json would go
+        raise ModelDirError(f"{out}: holds a Hugging Face Marian model, which the import would overwrite: "
+                            "write the seqformer model to another directory")
     imp = read_marian(hf_dir)
     original = read_json(Path(hf_dir) / "config.json")
     model = build_model(imp)

@@ -60,6 +60,7 @@ class Translator:
         self.tokenizer = model_dir.tokenizer
         self.max_src_len = model.cfg.max_positions
         self._src_unknown = functools.lru_cache(maxsize=4096)(self.tokenizer.src_unknown)
+        self._lang_tags: frozenset[str] | None = None  # the vocabulary's >>xx<< tags, found at the first tag given
 
     @classmethod
     def load(cls, path: str | Path | None = None, quantize: str | None = None) -> Translator:
@@ -118,17 +119,21 @@ class Translator:
         pieces: list[str] = []
         held: list[Held] = []
         owner: list[int] = []
+        tags: set[str] = set()
         for i, text in enumerate(texts):
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError as err:  # a lone surrogate: SentencePiece would fail with a raw traceback
                 raise DataError(f"text {i + 1}: not valid Unicode (a lone surrogate at character {err.start + 1})") from None
             tag, body = self.tokenizer.split_lang_tag(text.strip())  # ('', text) unless the model uses >>xx<< tags
+            if tag:
+                tags.add(tag)
             for part in split_sentences(body) if split else [body.strip()]:
                 h = hold_out(part, self._src_unknown)
                 pieces.append(f"{tag} {h.text}" if tag and h.text else h.text)  # each sentence keeps the tag
                 held.append(h)
                 owner.append(i)
+        self._warn_unknown_tags(tags)
         if cfg.nbest > 1 or need_attention:
             split_texts = sum(1 for n in Counter(owner).values() if n > 1)
             if split_texts:
@@ -187,6 +192,19 @@ class Translator:
                 yield from pool.map(decode, batches)  # the pool hands each free thread the next batch
             finally:
                 pool.shutdown(cancel_futures=True)  # after an error, batches not yet started are dropped
+
+    def _warn_unknown_tags(self, tags: set[str]) -> None:
+        """One warning per call naming the language tags the model does not know: they reach it as <unk>, and it
+        chooses the target language itself (a typo, a two-letter tag for a three-letter model, a single-target model)."""
+        if not tags:
+            return
+        if self._lang_tags is None:  # threads translating at once may each look them up: the same set
+            self._lang_tags = frozenset(self.tokenizer.known_lang_tags())
+        known, unknown = sorted(self._lang_tags), sorted(tags - self._lang_tags)
+        if unknown:
+            have = f"its tags: {', '.join(known[:12])}{', ...' if len(known) > 12 else ''}" if known else "it has none"
+            warnings.warn(f"language tag(s) {', '.join(unknown)} not in the model's vocabulary ({have}): they reach "
+                          "it as <unk> and it picks the target language itself", stacklevel=3)
 
     def _warn_unknown(self, texts: list[str], ids: list[list[int]]) -> None:
         """One warning per call naming the characters that reach the model as <unk> (and so are lost)."""

@@ -168,6 +168,12 @@ class Tokenizer:
         """(tag, rest) when this tokenizer keeps language tags, else ('', text)."""
         return split_lang_tag(text) if self.lang_tags else ("", text)
 
+    def known_lang_tags(self) -> list[str]:
+        """The >>xx<< tags the source vocabulary holds (any other tag reaches the model as <unk>)."""
+        pieces = self.src_vocab.ids if self.src_vocab is not None else (
+            self.src.id_to_piece(i) for i in range(self.src.get_piece_size()))
+        return sorted(p for p in pieces if p.startswith(">>") and p.endswith("<<"))
+
     def encode_src(self, texts: list[str]) -> list[list[int]]:
         if self.src_vocab is None and not self.lang_tags:
             return self.src.encode(texts)
