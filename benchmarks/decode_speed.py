@@ -109,14 +109,14 @@ def alternating_rounds(runs: dict[str, Callable[[], list[list[str]]]],
 
 def report_rounds(seconds: dict[str, list[float]], outputs: dict[str, list[list[str]]]) -> list[str]:
     """Each run's seconds per round and tokens/s; then the second run's speed against the first's (the ratio
-    of the total seconds: above 1 means the second is faster) and the share of identical outputs."""
+    of their tokens/s, each counting its own output: above 1 means the second is faster) and the share of
+    identical outputs."""
     base, new = list(seconds)
-    tokens = sum(len(p) for p in outputs[base])
-    lines = [f"{name:<10} seconds per round {' '.join(f'{x:.2f}' for x in s)}   "
-             f"{tokens * len(s) / sum(s):.1f} tok/s" for name, s in seconds.items()]
+    speed = {name: sum(len(p) for p in outputs[name]) * len(s) / sum(s) for name, s in seconds.items()}
+    lines = [f"{name:<10} seconds per round {' '.join(f'{x:.2f}' for x in s)}   {speed[name]:.1f} tok/s"
+             for name, s in seconds.items()]
     same = sum(a == b for a, b in zip(outputs[base], outputs[new])) / len(outputs[base])
-    lines.append(f"{new} vs {base}: {sum(seconds[base]) / sum(seconds[new]):.2f}x the speed; "
-                 f"{same:.1%} of outputs identical")
+    lines.append(f"{new} vs {base}: {speed[new] / speed[base]:.2f}x the speed; {same:.1%} of outputs identical")
     return lines
 
 
@@ -224,6 +224,7 @@ def run_ct2(job: dict) -> dict:
     translator = ctranslate2.Translator(job["ct2_dir"], device="cpu", compute_type=job["engine"].split("-")[1],
                                         intra_threads=max(1, job["threads"] // job["streams"]),
                                         inter_threads=job["streams"])
+    src_spm = spm.SentencePieceProcessor(model_file=job["src_spm"])
     detok = spm.SentencePieceProcessor(model_file=job["tgt_spm"])
     load_s = time.perf_counter() - start
     opts = dict(beam_size=job["beam"], length_penalty=1.0, max_decoding_length=job["max_len"],
@@ -231,7 +232,10 @@ def run_ct2(job: dict) -> dict:
     warm = [translator.translate_batch(chunk, asynchronous=True, **opts)  # warm-up, every replica
             for chunk in _batches(job["src_pieces"][: job["batch"] * job["streams"]], job["batch"])]
     [r.result() for chunk in warm for r in chunk]
-    start = time.perf_counter()
+    start = time.perf_counter()  # from text to text, as the other engines are timed
+    # the source tokenization a CTranslate2 user runs; the pieces translated are seqformer's (job["src_pieces"]),
+    # equal for text without >>xx<< tags, which Marian's tokenizer keeps whole
+    src_spm.encode(job["texts"], out_type=str)
     pieces = []
     if job["streams"] > 1:  # batches submitted at once, so that its inter_threads workers run them side by side
         pending = [translator.translate_batch(chunk, asynchronous=True, **opts)
@@ -240,9 +244,9 @@ def run_ct2(job: dict) -> dict:
     else:
         for chunk in _batches(job["src_pieces"], job["batch"]):
             pieces += [r.hypotheses[0] for r in translator.translate_batch(chunk, **opts)]
-    seconds = time.perf_counter() - start
     texts = [detok.decode_pieces([p for p in hyp if p not in ("</s>", "<unk>")]).replace("\u2581", " ").strip()
              for hyp in pieces]
+    seconds = time.perf_counter() - start
     return dict(load_s=load_s, seconds=seconds, pieces=pieces, texts=texts)
 
 
@@ -349,16 +353,20 @@ def main(argv: list[str] | None = None) -> int:
     with benchmark_workdir(args, "seqformer-bench-") as workdir:
         model, is_marian = prepare_model(args, workdir)
         texts, refs = read_sentences(args)
-        texts = sorted(texts, key=len)  # the same length-sorted batches for every engine
+        if refs is not None and len(refs) != len(texts):
+            raise SystemExit(f"--ref has {len(refs)} lines for {len(texts)} source sentences")
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # the same length-sorted batches everywhere
+        texts = [texts[i] for i in order]
+        refs = None if refs is None else [refs[i] for i in order]  # (were left in file order: scored misaligned)
         from seqformer.translator import Translator
 
         tok = Translator.load(model).tokenizer
         job = dict(model=model, texts=texts, beam=args.beam, batch=args.batch, threads=args.threads, streams=args.streams,
-                   max_len=args.max_len, workdir=str(workdir), tgt_spm="",
+                   max_len=args.max_len, workdir=str(workdir), src_spm="", tgt_spm="",
                    src_pieces=[tok.src_pieces(t) + ["</s>"] for t in texts])
         engines = [e for e in args.engines.split(",") if e in ENGINES and (is_marian or e.startswith("seqformer"))]
         if is_marian:
-            job["tgt_spm"] = str(Path(model) / "target.spm")
+            job["src_spm"], job["tgt_spm"] = str(Path(model) / "source.spm"), str(Path(model) / "target.spm")
         if any(e.startswith("ct2") for e in engines):
             err = spawn("convert-ct2", job, workdir, args.threads).get("error")
             if err:
