@@ -187,13 +187,15 @@ def test_lines_waiting_on_stdin_are_chunked_as_a_files_are(monkeypatch):
 
 
 def test_an_input_file_is_translated_as_it_is_read(model_dir, tmp_path, capsys):
-    # The whole file was read (and held) before the first line was translated: a bad line 17 now stops the run
-    # after the first chunk's 16 translations (batches of 1) have been printed, not before any.
-    good = ["a b", "c d"] * 8
+    # The whole file was read (and held) before the first line was translated: a bad line just after the first
+    # chunk (16 batches of 1) now stops the run after that chunk's translations have been printed, not before any.
+    from seqformer.commands import INPUT_CHUNK_BATCHES
+
+    good = ["a b", "c d"] * (INPUT_CHUNK_BATCHES // 2)
     (tmp_path / "in.txt").write_bytes("".join(x + "\n" for x in good).encode() + b"\xff bad\n")
     rc = call_main("translate", "--model", model_dir, "--input", tmp_path / "in.txt", "--batch-size", "1")
     out, err = capsys.readouterr()
-    assert rc == 1 and "in.txt:17: not valid UTF-8" in err
+    assert rc == 1 and f"in.txt:{len(good) + 1}: not valid UTF-8" in err
     assert out.splitlines() == Translator.load(model_dir).translate(good)
 
 

@@ -158,6 +158,22 @@ def test_an_epochs_run_with_update_freq_trains_its_last_epoch_once_and_no_furthe
     assert sum(r["tokens"] for r in grouped) == sum(r["tokens"] for r in updates("one"))
 
 
+@pytest.mark.parametrize(("ranks", "update_freq", "groups", "end"), [
+    (1, 3, [[0, 1, 2], [3, 4]], (0, 5)),  # the last update: the last epoch's last batches, nothing more
+    (2, 2, [[0, 1, 2, 3], [4, 100]], (1, 1)),  # one batch left for two ranks: one of the next pass, no more
+    (2, 1, [[0, 1], [2, 3], [4, 100]], (1, 1)),
+    (5, 1, [[0, 1, 2, 3, 4]], (0, 5)),
+])
+def test_the_last_update_of_an_epochs_run_takes_what_the_ranks_need_and_no_more(ranks, update_freq, groups, end):
+    from types import SimpleNamespace
+
+    state = SimpleNamespace(epoch=0, batch_in_epoch=0)
+    stub = SimpleNamespace(cfg=SimpleNamespace(update_freq=update_freq, epochs=1), dist=SimpleNamespace(world_size=ranks),
+                           state=state, epoch_batches=lambda: [b + 100 * state.epoch for b in range(5)])
+    taken = [trainer_mod.Trainer.next_indices(stub) for _ in groups]  # 5 batches an epoch (here: numbers)
+    assert taken == groups and (state.epoch, state.batch_in_epoch) == end
+
+
 def test_a_large_seed_trains(data_dir, tmp_path):
     # seed * the epoch stride overflowed torch's 64-bit seed: a traceback at the first batch, after the corpus,
     # the tokenizer and the model were made
@@ -178,6 +194,10 @@ def test_shared_embeddings_need_a_joint_vocabulary(data_dir, tmp_path):
     with pytest.raises(ConfigError, match="share_embeddings needs one tokenizer for both sides"):
         train(cfg, {"share_embeddings": True}, progress=False)
     assert not (tmp_path / "run" / "config.json").exists()
+    # one tokenizer file given is a joint vocabulary, whatever joint_vocab says
+    joint = tiny_config(data_dir, tmp_path / "joint", joint_vocab=False, max_steps=1, save_every=1000)
+    train(joint, {"share_embeddings": True}, progress=False)
+    assert json.loads((tmp_path / "joint" / "config.json").read_text())["model"]["share_embeddings"] is True
 
 
 def test_early_stopping_keeps_the_best_model(data_dir, tmp_path, monkeypatch):

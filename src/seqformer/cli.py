@@ -188,7 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("seqformer: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader left (`| head -1`): not an error
-        _discard_stdout()
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:  # it was stdout's reader (not another pipe's): what it still holds goes nowhere
+            _discard_stdout()
         return 0
     except OSError as err:  # e.g. an output path that cannot be written
         where = f"{err.filename}: " if err.filename else ""

@@ -556,7 +556,8 @@ def _make_trainer(cfg: TrainConfig, overrides: dict[str, Any], resume: bool, pro
     init_cfg = init.model_cfg if init else None
 
     if init is None:  # a bad model flag fails now, not after reading the corpus and training the tokenizer
-        _model_config(cfg, cfg.vocab_size, cfg.vocab_size, cfg.joint_vocab, overrides)
+        joint = len({f.resolve() for f in cfg.tokenizer_files}) == 1 if cfg.tokenizer else cfg.joint_vocab
+        _model_config(cfg, cfg.vocab_size, cfg.vocab_size, joint, overrides)
 
     def prepare_main() -> tuple[PreparedData, ModelConfig]:
         prepare_out(out, resume)
