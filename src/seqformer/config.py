@@ -31,6 +31,15 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+def seed_in_range(seed: int) -> bool:
+    """Whether torch takes ``seed`` as it is: a 64-bit integer, signed or not."""
+    return -(2**63) <= seed < 2**64
+
+
+def _check_seed(seed: int | None) -> None:
+    _check(seed is None or seed_in_range(seed), f"seed must be a 64-bit integer (-2**63 to 2**64 - 1), found {seed}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of an encoder-decoder Transformer (Vaswani et al., 2017)."""
@@ -183,7 +192,7 @@ class TrainConfig:
         _check(self.patience >= 0, f"patience must be >= 0 (0: never stop early), found {self.patience}")
         _check(self.valid_beam_size >= 1, f"valid_beam_size must be >= 1, found {self.valid_beam_size}")
         _check(self.spm_sample_lines >= 1, f"spm_sample_lines must be >= 1, found {self.spm_sample_lines}")
-        _check(-(2**63) <= self.seed < 2**64, f"seed must be a 64-bit integer (-2**63 to 2**64 - 1), found {self.seed}")
+        _check_seed(self.seed)
         for name in ("log_every", "valid_every", "save_every"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1, found {getattr(self, name)}")
         if self.tokenizer:
@@ -233,8 +242,7 @@ class DecodeConfig:
         _check(MIN_TEMPERATURE <= self.temperature < math.inf,
                f"temperature must be a finite number >= {MIN_TEMPERATURE} (greedy search for none), found {self.temperature}")
         _check(self.top_k >= 0, f"top_k must be >= 0, found {self.top_k}")
-        _check(self.seed is None or -(2**63) <= self.seed < 2**64,
-               f"seed must be a 64-bit integer (-2**63 to 2**64 - 1), found {self.seed}")
+        _check_seed(self.seed)
         _check(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], found {self.top_p}")
         _check(math.isfinite(self.length_penalty), f"length_penalty must be a finite number, found {self.length_penalty}")
         _check(0 <= self.max_len_a < math.inf and self.max_len_b >= 1,

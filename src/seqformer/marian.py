@@ -99,9 +99,8 @@ def hf_weights_file(path: Path) -> Path:
     raise ModelDirError(f"{path}: no model.safetensors or pytorch_model.bin")
 
 
-def read_hf_weights(path: Path) -> dict[str, Tensor]:
-    """The raw state dict of :func:`hf_weights_file` (pytorch_model.bin loaded with weights_only)."""
-    file = hf_weights_file(path)
+def read_hf_weights(file: Path) -> dict[str, Tensor]:
+    """The raw state dict in ``file`` (:func:`hf_weights_file`; pytorch_model.bin loaded with weights_only)."""
     if file.suffix == ".safetensors":
         return load_weights(file)
     try:
@@ -246,7 +245,7 @@ def read_marian(path: str | Path) -> MarianImport:
         raise ModelDirError(f"{path}: not a Hugging Face Marian directory (config.json with model_type 'marian')")
     hf = read_json(path / "config.json")
     weights = hf_weights_file(path)
-    raw = read_hf_weights(path)
+    raw = read_hf_weights(weights)
     files = marian_files(path)
     tok = files.tokenizer()
     assert tok.src_vocab is not None and tok.tgt_vocab is not None

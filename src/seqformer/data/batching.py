@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from seqformer.config import seed_in_range
+
 Example = tuple[list[int], list[int]]  # (source ids incl. </s>, target ids without specials)
 
 
@@ -31,7 +33,7 @@ class Batch:
 def torch_seed(value: int) -> int:
     """``value`` as a seed torch takes (-2**63 to 2**64 - 1): unchanged inside that range, folded modulo 2**64
     outside it (a large --seed times the epoch stride, or plus a rank, would otherwise stop training)."""
-    return value if -(2**63) <= value < 2**64 else value % 2**64
+    return value if seed_in_range(value) else value % 2**64
 
 
 def bucket_batches(lengths: list[tuple[int, int]], max_tokens: int, seed: int, epoch: int) -> list[list[int]]:
