@@ -25,7 +25,8 @@ from seqformer.config import DecodeConfig  # noqa: E402
 from seqformer.data.batching import encode_source  # noqa: E402
 from seqformer.decoding import generate  # noqa: E402
 from seqformer.decoding.common import max_lengths  # noqa: E402
-from seqformer.marian import is_marian_dir, load_marian, read_marian  # noqa: E402
+from seqformer.errors import ConfigError  # noqa: E402
+from seqformer.marian import import_marian, is_marian_dir, load_marian, read_marian  # noqa: E402
 from seqformer.model.embeddings import sinusoid_table  # noqa: E402
 from seqformer.translator import Translator  # noqa: E402
 
@@ -208,6 +209,55 @@ def test_a_language_tag_the_model_does_not_know_is_warned_of(marian):
     have = r"its tags: >>deu<<, >>fra<<, >>spa<<" if known else "it has none"
     with pytest.warns(UserWarning, match=rf"language tag\(s\) >>fr<<, >>xyz<< not in the model's vocabulary \({have}\)"):
         translator.translate([f">>fr<< {body}", f">>xyz<< {body}"], beam_size=1)
+
+
+def test_source_letters_the_source_vocabulary_cannot_spell_are_warned_of_by_its_own_unk_id(tmp_path):
+    # the warning looked for the model's (target) <unk> id in the source ids: with a separate source
+    # vocabulary whose <unk> has another id, lost letters went unmentioned
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = make_marian_dir(tmp_path / "hf", separate=True, seed=1)
+    vocab = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
+    other = next(p for p, i in vocab.items() if i == 7)  # an ordinary piece trades ids with <unk>
+    vocab["<unk>"], vocab[other] = vocab[other], vocab["<unk>"]
+    (path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    translator = Translator.load(path)
+    assert translator.tokenizer.src_unk_id == 7 != translator.model.cfg.unk_id
+    ids = translator.tokenizer.encode_src(["The cat sat 日"])[0]
+    assert 7 in ids and translator.model.cfg.unk_id not in ids  # the old check finds nothing to warn of
+    with pytest.warns(UserWarning, match=r"^1 character\(s\) outside the model's vocabulary .*: 日$"):
+        translator.translate(["The cat sat 日"], beam_size=1)
+
+
+def test_a_stray_target_vocab_beside_a_shared_vocabulary_is_not_read(tmp_path):
+    # MarianTokenizer reads target_vocab.json only when tokenizer_config.json says separate_vocabs; a config
+    # without the key and a leftover file numbered the target pieces with the wrong table
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = make_marian_dir(tmp_path / "hf", seed=4)
+    before = Translator.load(path).translate(TEXTS[:4], beam_size=1)
+    config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config.pop("separate_vocabs", None)
+    (path / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    vocab = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
+    stray = dict(zip(vocab, reversed(list(vocab.values()))))  # the same pieces, other ids
+    (path / "target_vocab.json").write_text(json.dumps(stray, ensure_ascii=False), encoding="utf-8")
+    assert Translator.load(path).translate(TEXTS[:4], beam_size=1) == before
+
+
+def test_an_id_past_the_vocabulary_table_is_not_printed(marian):
+    path, _, _ = marian
+    tok = Translator.load(path).tokenizer
+    vocab = tok.tgt_vocab or tok.src_vocab
+    word = next(i for i, p in sorted(vocab.pieces.items()) if p.startswith("\u2581") and len(p) > 2)
+    assert tok.decode_tgt([[word, len(vocab) + 3]]) == tok.decode_tgt([[word]])  # was: "... ⁇"
+
+
+def test_import_refuses_a_dtype_it_does_not_write(marian, tmp_path):
+    path, _, _ = marian
+    with pytest.raises(ConfigError, match="dtype must be float32 or float16, found 'bfloat16'"):
+        import_marian(path, tmp_path / "out", dtype="bfloat16")  # was: float32 weights, "bfloat16" in config.json
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_half_precision_checkpoint_with_its_position_tables_imports(marian, tmp_path):

@@ -36,6 +36,19 @@ def test_joined_emoji_sequences_and_skin_tones_stay_whole():
     assert held.inner == (wave, family, heart)
 
 
+def test_a_joined_sequence_is_held_whole_when_only_a_part_is_unknown():
+    # a vocabulary that knows ❤ and 👍 but not 🔥 or the skin tones: "❤️‍🔥" was cut into ❤️‍ (to the model,
+    # its joiner too) and 🔥 (put back alone), and the skin tone was moved away from its hand
+    def known_heart(ch: str) -> bool:
+        return emoji_unknown(ch) and ch not in "\u2764\U0001F44D"
+
+    fire_heart = "\u2764\ufe0f\u200d\U0001F525"  # heart, emoji selector, ZWJ, fire
+    thumbs = "\U0001F44D\U0001F3FD"  # thumbs up, medium skin tone
+    assert hold_out(f"Love it {fire_heart}!", known_heart) == Held("Love it!", inner=(fire_heart,))
+    assert hold_out(f"{thumbs} Great.", known_heart) == Held("Great.", prefix=(thumbs,))
+    assert hold_out("Love it \u2764\ufe0f!", known_heart) == Held("Love it \u2764\ufe0f!")  # known: to the model
+
+
 def test_a_subdivision_flag_keeps_its_tag_characters():
     # black flag + tag letters "gbeng" + cancel tag: England's flag, one symbol (was: the black flag held out,
     # its six invisible tags sent to the model as text)

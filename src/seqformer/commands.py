@@ -255,7 +255,7 @@ def attention(args: argparse.Namespace) -> int:
     text = _text_args([args.text])[0]
     best, matrix = render(_translator(args), text, Path(args.out), args.layer, args.head,
                           **asdict(_decode_config(args)))
-    print(best.text)
+    _write_stdout(best.text + "\n")  # UTF-8 whatever the locale, as translate writes (an emoji copied through)
     print(f"cross-attention ({len(matrix)} target x {len(matrix[0])} source subwords) written to {args.out}",
           file=sys.stderr)
     return 0

@@ -206,7 +206,9 @@ def convert_state(raw: dict[str, Tensor], enc: Tensor, dec: Tensor, out: Tensor,
 def marian_files(path: Path) -> MarianFiles:
     tok_cfg_file = path / "tokenizer_config.json"
     tok_cfg = read_json(tok_cfg_file) if tok_cfg_file.is_file() else {}
-    separate = tok_cfg.get("separate_vocabs", (path / "target_vocab.json").is_file())
+    # As MarianTokenizer: separate only when its config says so (a target_vocab.json left beside a shared
+    # vocabulary is not read); without a tokenizer_config.json, the files decide
+    separate = tok_cfg.get("separate_vocabs", False) if tok_cfg_file.is_file() else (path / "target_vocab.json").is_file()
     files = MarianFiles(path / "source.spm", path / "target.spm", path / "vocab.json",
                         path / ("target_vocab.json" if separate else "vocab.json"),
                         tok_cfg.get("source_lang") or "", tok_cfg.get("target_lang") or "")
@@ -293,6 +295,8 @@ def load_marian(path: str | Path) -> tuple[ModelDir, Seq2SeqTransformer]:
 
 def import_marian(hf_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
     """Write ``out_dir`` as a seqformer model directory equivalent to the Marian model in ``hf_dir``."""
+    if dtype not in ("float32", "float16"):  # anything else was written as float32 and recorded as asked
+        raise ConfigError(f"dtype must be float32 or float16, found {dtype!r}")
     out = Path(out_dir)
     if out.resolve() == Path(hf_dir).resolve():  # its config.json would replace the original's
         raise ModelDirError(f"{out}: the output directory must not be the Hugging Face directory itself")

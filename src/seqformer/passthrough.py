@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 _HELD_CATEGORIES = ("So", "Sk", "Sc", "Sm", "Co", "Cn")
 _JOINERS = {"\u200d", "\ufe0e", "\ufe0f"}  # zero-width joiner, text/emoji variation selectors
+_SKIN_TONES = frozenset(map(chr, range(0x1F3FB, 0x1F400)))  # emoji modifiers: a tone for the emoji before them
 _KEYCAP = "\u20e3"  # combining enclosing keycap: turns the character before it into an emoji
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([.!?,;:…])")
 _FINAL_PUNCT = re.compile(r"\s*[.!?…]+[\"'”»)\]]*\s*$")
@@ -43,17 +44,30 @@ class Held:
         return " ".join(self.prefix + self.inner + self.tail)
 
 
+def _attached(ch: str) -> bool:
+    """A joiner, selector, mark, tag or skin tone: part of the character before it."""
+    return ch in _JOINERS or unicodedata.category(ch).startswith("M") or _is_tag(ch) or ch in _SKIN_TONES
+
+
 def _held_flags(text: str, is_unknown: Callable[[str], bool]) -> list[bool]:
-    """Per character: is it part of a held-out symbol? Joiners and marks follow their base."""
+    """Per character: is it part of a held-out symbol? Joiners and marks follow their base; a sequence joined
+    by ZWJs or skin tones is held whole when any part of it is ("❤️‍🔥" with ❤ known and 🔥 not)."""
     flags: list[bool] = []
     for i, ch in enumerate(text):
-        attached = ch in _JOINERS or unicodedata.category(ch).startswith("M") or _is_tag(ch)
-        if attached and flags:
+        if _attached(ch) and ch not in _SKIN_TONES and flags:
             flags.append(flags[-1])
         elif text.startswith(_KEYCAP, i + 1) or text.startswith("\ufe0f" + _KEYCAP, i + 1):
             flags.append(is_unknown(_KEYCAP))  # "1️⃣": a digit, # or * on a keycap is an emoji, not a digit
         else:
             flags.append(unicodedata.category(ch) in _HELD_CATEGORIES and is_unknown(ch))
+    start = 0
+    for end in range(1, len(text) + 1):  # each sequence [start, end): a base and what is attached or joined to it
+        if end < len(text) and (_attached(text[end]) or text[end - 1] == "\u200d"):
+            continue
+        if end - start > 1 and any(flags[start:end]):
+            for k in range(start, end):
+                flags[k] = flags[k] or _attached(text[k]) or unicodedata.category(text[k]) in _HELD_CATEGORIES
+        start = end
     return flags
 
 

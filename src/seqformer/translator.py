@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +25,28 @@ from seqformer.model.transformer import Seq2SeqTransformer
 from seqformer.passthrough import Held, hold_out, put_back
 from seqformer.segment import join_pieces, split_sentences
 from seqformer.threads import split_threads
+
+_WARNING_SINK: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar("warning_sink", default=None)
+
+
+@contextlib.contextmanager
+def warnings_to(sink: Callable[[str], None]) -> Iterator[None]:
+    """Within this block (on this thread), the translator's warnings about its input go to ``sink`` instead of
+    ``warnings.warn``. A server wants this: Python keeps every distinct warning text (these quote the input)
+    in a registry for the life of the process."""
+    token = _WARNING_SINK.set(sink)
+    try:
+        yield
+    finally:
+        _WARNING_SINK.reset(token)
+
+
+def _warn(message: str, stacklevel: int) -> None:
+    sink = _WARNING_SINK.get()
+    if sink is not None:
+        sink(message)
+    else:
+        warnings.warn(message, stacklevel=stacklevel + 1)
 
 
 @dataclass
@@ -137,7 +160,7 @@ class Translator:
         if cfg.nbest > 1 or need_attention:
             split_texts = sum(1 for n in Counter(owner).values() if n > 1)
             if split_texts:
-                warnings.warn(f"{split_texts} text(s) of several sentences get one joined translation, without "
+                _warn(f"{split_texts} text(s) of several sentences get one joined translation, without "
                               "an n-best list or attention (split=False / --no-split keeps a text whole)", stacklevel=2)
         results = self._translate_segments(pieces, cfg, need_attention, per_head)
         grouped: list[list[list[Translation]]] = [[] for _ in texts]
@@ -152,7 +175,7 @@ class Translator:
         self._warn_unknown(texts, ids)
         for t, seq in zip(texts, ids):
             if len(seq) + 1 > self.max_src_len:
-                warnings.warn(f"input of {len(seq)} subwords truncated to {self.max_src_len - 1}: {t[:40]!r}...",
+                _warn(f"input of {len(seq)} subwords truncated to {self.max_src_len - 1}: {t[:40]!r}...",
                               stacklevel=3)
         src = [encode_source(seq, eos, self.max_src_len) for seq in ids]
         # subwords besides a language tag: none (SentencePiece drops zero-width and direction marks) would
@@ -203,16 +226,16 @@ class Translator:
         known, unknown = sorted(self._lang_tags), sorted(tags - self._lang_tags)
         if unknown:
             have = f"its tags: {', '.join(known[:12])}{', ...' if len(known) > 12 else ''}" if known else "it has none"
-            warnings.warn(f"language tag(s) {', '.join(unknown)} not in the model's vocabulary ({have}): they reach "
+            _warn(f"language tag(s) {', '.join(unknown)} not in the model's vocabulary ({have}): they reach "
                           "it as <unk> and it picks the target language itself", stacklevel=3)
 
     def _warn_unknown(self, texts: list[str], ids: list[list[int]]) -> None:
         """One warning per call naming the characters that reach the model as <unk> (and so are lost)."""
-        unk = self.model.cfg.unk_id
+        unk = self.tokenizer.src_unk_id  # not the model's (target) unk id: a Marian source vocabulary has its own
         lost = {ch for t, seq in zip(texts, ids) if unk in seq for ch in t if not ch.isspace() and self._src_unknown(ch)}
         if lost:
             shown = "".join(sorted(lost)[:20]) + ("..." if len(lost) > 20 else "")
-            warnings.warn(f"{len(lost)} character(s) outside the model's vocabulary reach it as <unk> "
+            _warn(f"{len(lost)} character(s) outside the model's vocabulary reach it as <unk> "
                           f"and will be missing from the translation: {shown}", stacklevel=4)
 
     def _to_translation(self, hyp: Hypothesis, src_ids: list[int], need_attention: bool,

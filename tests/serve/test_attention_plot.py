@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import sys
+
 import pytest
 import torch
 
@@ -92,3 +95,23 @@ def test_cli_names_why_symbols_alone_have_no_attention(tiny_model_dir, tmp_path,
     assert main(["attention", "🍕", "--out", str(tmp_path / "x.png"), "--model", str(tiny_model_dir)]) == 1
     assert "only symbols copied past the model" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_cli_prints_the_translation_whatever_the_locale_encodes(tiny_model_dir, tmp_path, monkeypatch):
+    """An emoji copied through failed to print under a non-UTF-8 locale: a UnicodeEncodeError traceback."""
+    pytest.importorskip("matplotlib", reason="needs the plot extra: pip install 'seqformer[plot]'")
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="ascii"))
+    assert main(["attention", TEXT + " 🍕", "--out", str(tmp_path / "x.png"), "--model", str(tiny_model_dir)]) == 0
+    sys.stdout.flush()
+    assert raw.getvalue().decode("utf-8").rstrip("\n").endswith("🍕")
+
+
+def test_dollar_signs_are_text_not_tex(tmp_path):
+    """Two "$" in a translation or subword made matplotlib read TeX: garbled, or a ValueError traceback."""
+    pytest.importorskip("matplotlib", reason="needs the plot extra: pip install 'seqformer[plot]'")
+    from seqformer.plot import plot_attention
+
+    out = plot_attention([[0.5, 0.5], [1.0, 0.0]], ["$\\nope$", "</s>"], ["5$", "</s>"], tmp_path / "x.png",
+                         title="Cela coûte 5 $\\bad et 10 $.")
+    assert out.read_bytes()[:8] == PNG_MAGIC

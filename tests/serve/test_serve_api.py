@@ -167,6 +167,41 @@ def test_attention_on_request(client, translator):
     assert many.status_code == 422 and many.json()["field"] == "attention_heads"
 
 
+def test_per_head_attention_requests_run_alone(translator):
+    # each passed the one-text limit, then the batcher put 32 of them in one model call (gigabytes of numbers)
+    def together(c: TestClient, body: dict, n: int = 3) -> int:
+        barrier = threading.Barrier(n)
+        codes: list[int] = []
+
+        def ask() -> None:
+            barrier.wait()
+            codes.append(c.post("/translate", json=body).status_code)
+
+        threads = [threading.Thread(target=ask) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert codes == [200] * n
+        return c.get("/health").json()["largest_batch"]
+
+    with TestClient(create_app(translator, ServeConfig(batch_window_ms=300))) as c:
+        assert together(c, {"text": "A big dog eats.", "attention_heads": True}) == 1
+        assert together(c, {"text": "A big dog eats.", "attention": True}) > 1  # the averaged matrices still batch
+
+
+def test_warnings_about_a_requests_text_are_logged_not_kept(client, caplog):
+    """As Python warnings, each distinct text (they quote the input) stayed in a registry for the server's life."""
+    import logging
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING, logger="seqformer.serve"):
+        warnings.simplefilter("always")
+        assert client.post("/translate", json={"text": "The dog 日本語 runs."}).status_code == 200
+    assert "outside the model's vocabulary" in caplog.text and "日本語" in caplog.text
+    assert not [w for w in caught if "vocabulary" in str(w.message)]
+
+
 def test_sampling_with_seed_is_reproducible(client, translator):
     body = {"text": "The old tree.", "sampling": True, "nbest": 3, "seed": 7, "top_k": 10, "temperature": 0.8}
     first, second = (client.post("/translate", json=body).json() for _ in range(2))
@@ -240,6 +275,14 @@ def test_a_lone_surrogate_gives_422_not_500(client):
     reply = client.post("/translate", content=b'{"text": "caf\\ud800"}', headers={"content-type": "application/json"})
     assert reply.status_code == 422 and reply.json()["field"] == "text"
     assert reply.json()["detail"][0]["input"] == "caf\\ud800"  # the escape, as text
+
+
+def test_a_deeply_nested_body_gives_422_not_500(client):
+    """600 levels of [[[...]]] (1.2 KB) overflowed the stack while the 422 echoed them back: a 500."""
+    body = b'{"text": ' + b"[" * 600 + b"]" * 600 + b"}"
+    reply = client.post("/translate", content=body, headers={"content-type": "application/json"})
+    assert reply.status_code == 422 and reply.json()["field"] == "text"
+    assert "..." in str(reply.json()["detail"][0]["input"])  # the echo is cut
 
 
 def test_invalid_json_and_unknown_route(client):
@@ -417,6 +460,37 @@ def test_localhost_is_served_on_every_address_it_resolves_to():
     try:  # one address only (often ::1 first) left 127.0.0.1 refused
         want = {family for family, *_ in socket.getaddrinfo("localhost", port, type=socket.SOCK_STREAM)}
         assert {s.family for s in sockets} == want and socket.AF_INET in want
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def test_port_0_listens_on_the_first_address_that_binds(monkeypatch):
+    from seqformer.serve.server import bind
+
+    real = socket.getaddrinfo
+    infos = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (host, 0)) for host in ("192.0.2.1", "127.0.0.1")]
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: infos)  # 192.0.2.1: no interface has it
+    sockets = bind(ServeConfig(host="localhost", port=0))  # was: only the first tried, "no usable address"
+    monkeypatch.setattr(socket, "getaddrinfo", real)
+    try:
+        assert [s.getsockname()[0] for s in sockets] == ["127.0.0.1"]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def test_the_ipv6_wildcard_serves_ipv4_clients_too():
+    from seqformer.serve.server import bind
+
+    try:
+        sockets = bind(ServeConfig(host="::", port=_free_port()))
+    except ConfigError:
+        pytest.skip("no IPv6 here")
+    try:  # IPV6_V6ONLY was set on every IPv6 socket: "::" refused IPv4 clients (uvicorn's "::" takes both)
+        port = sockets[0].getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
     finally:
         for s in sockets:
             s.close()

@@ -182,10 +182,14 @@ class Tokenizer:
             return [[self.src.piece_to_id(p) for p in seq] for seq in pieces]
         return [self.src_vocab.encode(seq) for seq in pieces]
 
+    @property
+    def src_unk_id(self) -> int:
+        """The source side's unknown-token id (a Marian source vocabulary has its own)."""
+        return self.src_vocab.unk_id if self.src_vocab is not None else self.src.unk_id()
+
     def src_unknown(self, text: str) -> bool:
         """Does the source vocabulary spell ``text`` with the unknown token?"""
-        unk = self.src_vocab.unk_id if self.src_vocab is not None else self.src.unk_id()
-        return unk in self.encode_src([text])[0]
+        return self.src_unk_id in self.encode_src([text])[0]
 
     def encode_tgt(self, texts: list[str]) -> list[list[int]]:
         if self.tgt_vocab is None:
@@ -196,7 +200,9 @@ class Tokenizer:
         """Detokenise; an unknown-token id is dropped rather than printed as SentencePiece's ' ⁇ '."""
         vocab = self.tgt_vocab
         if vocab is not None:  # as Marian's tokenizer: drop specials, join pieces, '▁' -> ' '
-            pieces = [[p for i, p in zip(seq, vocab.to_pieces(seq)) if i not in vocab.special] for seq in ids]
+            # an id the table lacks (embeddings past its end) is dropped too: its "<unk>" piece printed " ⁇ "
+            pieces = [[p for i, p in zip(seq, vocab.to_pieces(seq)) if i in vocab.pieces and i not in vocab.special]
+                      for seq in ids]
             return [self.tgt.decode_pieces(p).replace("\u2581", " ").strip() for p in pieces]
         unk = self.tgt.unk_id()
         return self.tgt.decode([[i for i in seq if i != unk] for seq in ids])

@@ -17,7 +17,7 @@ from seqformer.config import DecodeConfig, to_dict
 from seqformer.serve.batcher import Batcher
 from seqformer.serve.limits import BodyLimit, install_error_handlers, unless_client_leaves
 from seqformer.serve.schemas import ErrorBody, TranslateResponse, request_model
-from seqformer.serve.service import model_inputs, options_of, texts_of, translate_batch
+from seqformer.serve.service import options_of, request_cost, texts_of, translate_batch
 from seqformer.serve.settings import ServeConfig
 from seqformer.translator import Translator
 
@@ -59,7 +59,8 @@ def create_app(translator: Translator, cfg: ServeConfig | None = None) -> FastAP
         """Translate ``text`` or ``texts``; concurrent requests are batched together."""
         texts = texts_of(req)
         opts = options_of(req, cfg.max_batch, max_attention=cfg.max_nbest)  # one text's n-best at most
-        results = await unless_client_leaves(request, batcher.submit(texts, opts, cost=model_inputs(texts, opts)))
+        cost = request_cost(texts, opts, cfg.max_batch, cfg.max_queue)
+        results = await unless_client_leaves(request, batcher.submit(texts, opts, cost=cost))
         return {"results": [{"input": t, "translations": r} for t, r in zip(texts, results)]}
 
     @app.get("/health")

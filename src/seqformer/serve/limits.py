@@ -119,14 +119,20 @@ def _field_name(loc: tuple | list) -> str | None:
     return name
 
 
-def _printable(value: Any) -> Any:
-    """``value`` with every string made encodable as UTF-8 (lone surrogates as backslash escapes)."""
+_ECHO_DEPTH = 8  # an echoed input nested deeper is cut ("..."): 600 levels of [[[...]]] overflowed the stack (a 500)
+
+
+def _printable(value: Any, depth: int = 0) -> Any:
+    """``value`` with every string made encodable as UTF-8 (lone surrogates as backslash escapes), lists and
+    objects below ``_ECHO_DEPTH`` levels replaced by "..."."""
     if isinstance(value, str):
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, (list, dict)) and depth >= _ECHO_DEPTH:
+        return "..."
     if isinstance(value, list):
-        return [_printable(v) for v in value]
+        return [_printable(v, depth + 1) for v in value]
     if isinstance(value, dict):
-        return {_printable(k): _printable(v) for k, v in value.items()}
+        return {_printable(k): _printable(v, depth + 1) for k, v in value.items()}
     return value
 
 
@@ -136,7 +142,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     field = _printable(_field_name(first.get("loc", ())))
     # ctx may hold exceptions, and an echoed input NaN / Infinity or a lone surrogate ("\ud800": valid JSON, not
     # UTF-8), which JSON responses cannot carry: as strings, a surrogate as its escape.
-    detail = _printable(json.loads(json.dumps(errors, default=str), parse_constant=str))
+    detail = _printable(json.loads(json.dumps(_printable(errors), default=str), parse_constant=str))
     return error_response(422, f"{field}: {first.get('msg', 'invalid value')}", field, detail=detail)
 
 

@@ -40,17 +40,22 @@ def bind(cfg: ServeConfig) -> list[socket.socket]:
         raise ConfigError(f"--host {cfg.host}: cannot resolve it ({getattr(err, 'strerror', None) or err})") from None
     sockets: list[socket.socket] = []
     unique = list(dict.fromkeys((family, kind, proto, address) for family, kind, proto, _, address in infos))
-    for family, kind, proto, address in unique[:1] if cfg.port == 0 else unique:  # port 0: one random port
-        sock = socket.socket(family, kind, proto)
+    has_ipv4 = any(family == socket.AF_INET for family, *_ in unique)
+    for family, kind, proto, address in unique:
+        if cfg.port == 0 and sockets:  # port 0: one random port, on the first address that binds
+            break
+        sock = None
         try:
+            sock = socket.socket(family, kind, proto)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart without waiting
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # its IPv4 twin is bound on its own
+            if family == socket.AF_INET6:  # its IPv4 twin is bound on its own; "::" alone takes both, whatever
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(has_ipv4))  # the OS's default
             sock.bind(address)
             sock.listen()  # SO_REUSEADDR lets two processes bind one port: only listen() finds the other
         except OSError as err:
-            sock.close()
-            if err.errno == errno.EADDRNOTAVAIL and len(unique) > 1:  # e.g. ::1 on a host without IPv6
+            if sock is not None:
+                sock.close()
+            if err.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) and len(unique) > 1:  # e.g. ::1 without IPv6
                 continue
             for other in sockets:
                 other.close()

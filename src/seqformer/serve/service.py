@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from seqformer.config import DecodeConfig, beam_given_with_sampling, sampling_options_given
 from seqformer.segment import split_sentences
 from seqformer.serve.limits import FieldError
-from seqformer.translator import Translation, Translator
+from seqformer.translator import Translation, Translator, warnings_to
+
+log = logging.getLogger("seqformer.serve")
 
 
 @dataclass(frozen=True)
@@ -53,15 +56,30 @@ def options_of(req: Any, batch_size: int, max_attention: int = 8) -> Options:
 
 
 def model_inputs(texts: list[str], opts: Options) -> int:
-    """How many sentences the model will translate for ``texts``: what a request costs in the queue
-    (a text of 1,000 characters may be 250 short sentences)."""
+    """How many sentences the model will translate for ``texts`` (a text of 1,000 characters may be 250 short
+    sentences)."""
     return sum(len(split_sentences(t)) for t in texts) if opts.split else len(texts)
 
 
+def request_cost(texts: list[str], opts: Options, max_batch: int, max_queue: int) -> int:
+    """What a request costs in the queue and in a batch: the sentences the model translates; with attention, at
+    least its hypotheses (a matrix each to return); with per-head attention, a whole batch (or the whole queue,
+    if that is smaller), so it runs alone (requests that pass the per-request limits one by one would otherwise
+    meet in one model call: gigabytes)."""
+    units = model_inputs(texts, opts)
+    if opts.heads:
+        return max(units, min(max_batch, max_queue))
+    if opts.attention:
+        return max(units, len(texts) * opts.decode.nbest)
+    return units
+
+
 def translate_batch(translator: Translator, texts: list[str], opts: Options) -> list[list[dict]]:
-    """Run on the model thread: n-best lists of JSON-ready hypotheses, one list per text."""
-    results = translator.translate_nbest(texts, need_attention=opts.attention, split=opts.split, per_head=opts.heads,
-                                         **asdict(opts.decode))
+    """Run on the model thread: n-best lists of JSON-ready hypotheses, one list per text. Warnings about the
+    input (they quote it) are logged: as Python warnings, each distinct text would be kept for the server's life."""
+    with warnings_to(log.warning):
+        results = translator.translate_nbest(texts, need_attention=opts.attention, split=opts.split,
+                                             per_head=opts.heads, **asdict(opts.decode))
     return [[_hypothesis(t, opts) for t in nbest] for nbest in results]
 
 
