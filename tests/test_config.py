@@ -40,6 +40,15 @@ def test_configs_are_frozen(cls):
     (ModelConfig, dict(pad_id=-1), "pad_id"),
     (ModelConfig, dict(init="kaiming"), "init must be one of"),
     (ModelConfig, dict(init_std=0.0), "init_std"),
+    # accepted before: training produced NaN (or an IndexError when the source embedding zeroed its pad row)
+    (ModelConfig, dict(init_std=math.inf), "init_std must be a finite number"),
+    (ModelConfig, dict(layer_norm_eps=-1.0), "layer_norm_eps must be a finite number > 0"),
+    (ModelConfig, dict(layer_norm_eps=math.nan), "layer_norm_eps"),
+    (ModelConfig, dict(share_embeddings=False, src_vocab_size=3, tgt_vocab_size=8000),
+     r"eos_id \(3\) outside the source vocabulary"),
+    (TrainConfig, dict(lr=math.inf), "lr must be a finite number > 0"),
+    (TrainConfig, dict(adam_eps=math.inf), "adam_eps must be a finite number"),
+    (TrainConfig, dict(weight_decay=math.inf), "weight_decay must be a finite number"),
     (TrainConfig, dict(preset="huge"), "preset"),
     (TrainConfig, dict(vocab_size=8), "vocab_size"),
     (TrainConfig, dict(max_tokens=0), "max_tokens"),
@@ -138,7 +147,7 @@ def test_recipes_are_validated(tmp_path):
     path.write_text(json.dumps({"train": {"lr": 1e-3}, "model": {"d_model": 64}}))
     assert load_recipe(path) == ({"lr": 1e-3}, {"d_model": 64})
     for bad, message in [({"train": {}, "optim": {}}, "unknown section"), ({"train": {"lrr": 1}}, "lrr"),
-                         ({"model": {"layers": 2}}, "layers"), ({"train": {"lr": -1.0}}, "lr must be positive")]:
+                         ({"model": {"layers": 2}}, "layers"), ({"train": {"lr": -1.0}}, "lr must be a finite number > 0")]:
         path.write_text(json.dumps(bad))
         with pytest.raises(ConfigError, match=message):
             load_recipe(path)

@@ -468,6 +468,30 @@ def test_a_new_model_refuses_special_ids_its_tokenizer_does_not_have(tmp_path, s
     assert call_main(*_tiny_train_args(tmp_path, spm_file, tmp_path / "ok", "--eos-id", "3")) == 0  # the same id
 
 
+def test_a_new_model_takes_its_vocabulary_sizes_from_its_tokenizer(tmp_path, spm_file, capsys):
+    # a recipe's model section with config.json's sizes of another model: embeddings too small (an IndexError
+    # traceback at the first batch) or rows no piece uses
+    import sentencepiece as spm
+
+    n = spm.SentencePieceProcessor(model_file=str(spm_file)).get_piece_size()
+    for size, out, status in ((n - 4, "out", 1), (n, "ok", 0)):  # the same sizes (a copied config.json) are fine
+        recipe = tmp_path / f"{out}.json"
+        recipe.write_text(json.dumps({"model": {"src_vocab_size": size, "tgt_vocab_size": size}}))
+        assert call_main(*_tiny_train_args(tmp_path, spm_file, tmp_path / out, "--config", recipe)) == status
+    assert f"src_vocab_size={n - 4}: a new model's vocabulary sizes are its tokenizer's piece counts (here src {n}, " \
+           f"tgt {n})" in _one_line_error(capsys.readouterr().err)
+
+
+def test_tokenizer_options_beside_a_given_tokenizer_are_said_to_be_ignored(tmp_path, spm_file, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="seqformer"):
+        assert call_main(*_tiny_train_args(tmp_path, spm_file, tmp_path / "out", "--vocab-size", "16000",
+                                           "--spm-model-type", "bpe")) == 0
+    assert f"vocab_size=16000, spm_model_type='bpe' ignored: the tokenizer comes from --tokenizer {spm_file}" \
+        in caplog.text  # were ignored without a word
+
+
 def _leave_only_the_tokenizer(out):
     """What a run killed before its first checkpoint leaves: its tokenizer (and what it was trained on)."""
     for path in [*(out / "checkpoints").iterdir(), out / "model.safetensors", out / "config.json"]:
@@ -577,6 +601,7 @@ def test_a_sentence_translated_as_nothing_adds_no_space_when_joined():
     assert joined[0].text == "Bonjour. Merci."  # was: " Bonjour.  Merci. "
     # Chinese and Japanese sentences follow each other without a space (one was put after every 。)
     assert join_pieces([one("我很好。"), one("你呢？"), one("「好。」"), one("OK.")])[0].text == "我很好。你呢？「好。」OK."
+    assert join_pieces([one("東京は大きい．"), one("OK.")])[0].text == "東京は大きい．OK."
 
 
 @pytest.mark.filterwarnings("ignore:.*outside the model's vocabulary")
@@ -616,6 +641,9 @@ def test_letters_the_vocabulary_cannot_spell_are_named_in_one_warning(model_dir)
     ("  spaced\n  out.   Next  one  ", ["spaced out.", "Next one"]),
     ("他说（你好。）然后走了。", ["他说（你好。）", "然后走了。"]),  # full-width closers stay with their sentence
     ("你好！》第二句。", ["你好！》", "第二句。"]),
+    ("東京は大きい．大阪も．", ["東京は大きい．", "大阪も．"]),  # a full-width period ends a sentence too
+    ("値は３．５です。次。", ["値は３．５です。", "次。"]),  # but not between digits
+    ("気温は３０．次の日．", ["気温は３０．", "次の日．"]),  # after a number, it still does
     ("She said ‘Stop.’ Then she left.", ["She said ‘Stop.’", "Then she left."]),
     ("1. Buy milk. 2. Call Sam.", ["1. Buy milk.", "2. Call Sam."]),  # was: "1." and "Buy milk." apart
     ("1. First item 2. Second", ["1. First item 2. Second"]),  # was: "1.", "First item 2.", "Second"
@@ -771,11 +799,13 @@ def test_a_bad_tokenizer_file_is_named_as_given_and_not_copied(tmp_path, capsys)
 
 
 def test_an_empty_path_is_an_error_not_an_absent_option(model_dir, tmp_path, capsys):
+    # --init-from "" trained a new model from scratch
     src = tmp_path / "src.txt"
     src.write_text("a b\n")
     for args, flag in ((("translate", "--model", model_dir, "--input", ""), "--input"),  # was: read stdin
                        (("translate", "--model", model_dir, "a b", "--output", " "), "--output"),  # was: the screen
                        (("evaluate", "--model", model_dir, "--src", src, "--ref", src, "--hyp-out", ""), "--hyp-out"),
-                       (("evaluate", "--model", model_dir, "--src", src, "--ref", ""), "--ref")):
+                       (("evaluate", "--model", model_dir, "--src", src, "--ref", ""), "--ref"),
+                       (("train", "--train", src, "--out", tmp_path / "run", "--init-from", ""), "--init-from")):
         assert call_main(*args) == 1
         assert _one_line_error(capsys.readouterr().err) == f"seqformer: error: {flag} is empty: give a path"

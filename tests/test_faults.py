@@ -177,7 +177,8 @@ def test_too_little_disk_space_fails_at_start_up(data_dir, tmp_path, monkeypatch
 
 def test_resume_removes_files_left_half_written(tmp_path):
     (tmp_path / "checkpoints").mkdir()
-    partial = [tmp_path / "checkpoints" / ".ckpt-00000004.safetensors.x1.tmp", tmp_path / ".model.safetensors.x2.tmp"]
+    partial = [tmp_path / "checkpoints" / ".ckpt-00000004.safetensors.x1.tmp", tmp_path / ".model.safetensors.x2.tmp",
+               tmp_path / ".spm.model.x3.tmp"]  # a tokenizer copy, now atomic too
     for p in partial:
         p.write_bytes(b"half")
     keep = tmp_path / "notes.tmp"

@@ -65,6 +65,24 @@ def test_averaging_in_place_keeps_the_best_model(run_dir, tmp_path):
     assert (run / "model.best.safetensors").read_bytes() == best
 
 
+def test_averaging_in_place_is_refused_while_a_training_run_uses_the_directory(run_dir, tmp_path, capsys):
+    # was: averaged, then the run's next best model replaced the average without a word
+    import shutil
+
+    from seqformer.training.rundir import held
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    model = (run / "model.safetensors").read_bytes()
+    with held(run):  # as a training run holds it
+        assert main(["average", str(run), "--last", "2"]) == 1
+        assert "another training run" in capsys.readouterr().err
+        assert (run / "model.safetensors").read_bytes() == model
+        assert main(["average", str(run), "--last", "2", "--out", str(tmp_path / "avg")]) == 0  # elsewhere: fine
+    assert main(["average", str(run), "--last", "2"]) == 0  # once the run has ended
+    assert (run / "model.safetensors").read_bytes() != model
+
+
 def test_averaging_in_place_keeps_the_best_model_of_a_copied_run(run_dir, tmp_path):
     """A run copied without its file times (cp -r, scp -r): its model may be newer than training.json, as an
     average's would be; it is still the trainer's best model and is kept (was: overwritten, not kept)."""
@@ -97,6 +115,23 @@ def test_an_average_is_known_as_one_after_a_resume_and_a_copy(run_dir, tmp_path)
     os.utime(run / "model.safetensors", ns=(info - 10**9, info - 10**9))
     assert main(["average", str(run), "--last", "2"]) == 0
     assert (run / "model.best.safetensors").read_bytes() == best  # was: replaced by the first average
+
+
+def test_a_final_save_just_after_a_regular_one_is_averaged_once(data_dir, tmp_path):
+    """Saves every 4 updates, the run ends at 9: checkpoints 4, 8, 9. The last 2 were 8 and 9, one model twice
+    (the clock recipes end on time a few updates after a regular save): now 4 and 9, save_every apart, and
+    keep_last 2 keeps both (it pruned 4)."""
+    from seqformer.training.average import average_tensors
+
+    run = tmp_path / "run"
+    train(tiny_config(data_dir, run, max_steps=9, save_every=4, keep_last=2), progress=False)
+    names = [p.name for p in ckpt.list_checkpoints(run / "checkpoints")]
+    assert names == [f"ckpt-{s:08d}.safetensors" for s in (4, 8, 9)]
+    out = average_checkpoints(run, 2, tmp_path / "avg")
+    assert json.loads((out / "config.json").read_text())["averaged_from"] == [names[0], names[2]]
+    want = average_tensors([ckpt.checkpoint_path(run / "checkpoints", s) for s in (4, 9)])
+    got = load_weights(out / "model.safetensors")
+    assert all(torch.equal(got[k], want[k]) for k in want)
 
 
 def test_averaging_more_checkpoints_than_kept_says_so(run_dir, tmp_path):

@@ -152,6 +152,25 @@ class _Clock:
         return self.now
 
 
+def test_tokens_per_second_count_training_time_only(tmp_path, spm_file, monkeypatch):
+    """Each update takes one second by the clock, each checkpoint write 1,000: tok_per_s is each update's tokens.
+    The window began before the write, so the next line's speed was ~500x too low (as elapsed_s was not)."""
+    clock = _Clock()
+    monkeypatch.setattr(trainer_mod, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    save = trainer_mod.Trainer.save
+
+    def slow_save(self) -> None:
+        save(self)
+        clock.now += 1000.0
+
+    monkeypatch.setattr(trainer_mod.Trainer, "save", slow_save)
+    cfg = dataclasses.replace(_resume_config(tmp_path, spm_file, "run", 6), save_every=2)
+    records = [r for r in _log(seqformer.train(cfg, RESUME_MODEL, progress=False)) if "loss" in r]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert [r["tok_per_s"] for r in records] == [r["tokens"] for r in records]
+    assert records[-1]["elapsed_s"] == 6.0
+
+
 def test_a_cooldown_by_time_follows_the_clock_and_resumes_exactly(tmp_path, spm_file, monkeypatch, caplog):
     """max_minutes=0.2 with cooldown_minutes=0.1, each update one second by the clock: 12 updates, the first 6 at
     the inverse-sqrt rate, update s > 6 at that rate times (13 - s) / 6, the share of the last 6 seconds still left

@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("average", help="average the last N checkpoints of a run into a model directory")
     p.add_argument("run_dir", help="training output directory (holds checkpoints/)")
-    p.add_argument("--last", type=int, default=5, help="number of checkpoints to average")
+    p.add_argument("--last", type=int, default=5, help="number of checkpoints to average (the newest, about save_every apart)")
     p.add_argument("--out", help="model directory to write (default: RUN_DIR itself)")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
 
@@ -139,7 +139,8 @@ def _add_serving_parsers(sub) -> None:
 
 # sacreBLEU's tokenizers that need nothing more (its spm/flores ones download a model; MeCab needs packages)
 BLEU_TOKENIZERS = ("13a", "intl", "zh", "char", "none")
-_PATH_OPTIONS = ("input", "output", "hyp_out", "model", "out", "train", "valid", "src", "ref", "config", "tokenizer")
+_PATH_OPTIONS = ("input", "output", "hyp_out", "model", "out", "train", "valid", "src", "ref", "config", "tokenizer",
+                 "init_from")
 _PATH_ARGUMENTS = ("hf_dir", "out_dir", "run_dir")  # positional: "" would be the working directory
 
 

@@ -94,13 +94,19 @@ class ModelConfig:
                f"sinusoid_layout must be one of {SINUSOID_LAYOUTS}, found {self.sinusoid_layout!r}")
         _check(self.max_positions > 1, f"max_positions must be > 1, found {self.max_positions}")
         _check(self.init in INITS, f"init must be one of {INITS}, found {self.init!r}")
-        _check(self.init_std > 0, f"init_std must be > 0, found {self.init_std}")
+        _check(0 < self.init_std < math.inf, f"init_std must be a finite number > 0, found {self.init_std}")
+        _check(0 < self.layer_norm_eps < math.inf,
+               f"layer_norm_eps must be a finite number > 0, found {self.layer_norm_eps}")
         if self.share_embeddings:
             _check(self.src_vocab_size == self.tgt_vocab_size,
                    "share_embeddings needs equal source and target vocabulary sizes")
         for name in ("pad_id", "unk_id", "bos_id", "eos_id", "decoder_start_id"):
             value = getattr(self, name)
             _check(0 <= value < self.tgt_vocab_size, f"{name} ({value}) outside the target vocabulary")
+        for name in ("pad_id", "unk_id", "eos_id"):  # the source side uses them too (padding, </s> after each source)
+            value = getattr(self, name)
+            _check(value < self.src_vocab_size,
+                   f"{name} ({value}) outside the source vocabulary (src_vocab_size {self.src_vocab_size})")
 
     @property
     def head_dim(self) -> int:
@@ -165,7 +171,9 @@ class TrainConfig:
         _check(self.preset in PRESETS, f"preset must be one of {tuple(PRESETS)}, found {self.preset!r}")
         _check(self.vocab_size >= 16, f"vocab_size must be >= 16, found {self.vocab_size}")
         _check(self.max_tokens > 0 and self.update_freq >= 1, "max_tokens and update_freq must be positive")
-        _check(self.lr > 0 and self.warmup_steps >= 0, "lr must be positive and warmup_steps >= 0")
+        _check(0 < self.lr < math.inf and self.warmup_steps >= 0,
+               f"lr must be a finite number > 0 and warmup_steps >= 0, found lr={self.lr}, "
+               f"warmup_steps={self.warmup_steps}")
         _check(0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1), found {self.label_smoothing}")
         _check(self.precision in ("auto", "fp32", "bf16", "fp16"),
                f"precision must be auto, fp32, bf16 or fp16 (GPU only), found {self.precision!r}")
@@ -188,7 +196,7 @@ class TrainConfig:
                f"cooldown_minutes={self.cooldown_minutes}")
         _check(self.max_len > 2, f"max_len must be > 2, found {self.max_len}")
         _check(self.clip_norm >= 0, f"clip_norm must be >= 0 (0: no clipping), found {self.clip_norm}")
-        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, found {self.weight_decay}")
+        _check(0 <= self.weight_decay < math.inf, f"weight_decay must be a finite number >= 0, found {self.weight_decay}")
         _check(self.patience >= 0, f"patience must be >= 0 (0: never stop early), found {self.patience}")
         _check(self.valid_beam_size >= 1, f"valid_beam_size must be >= 1, found {self.valid_beam_size}")
         _check(self.spm_sample_lines >= 1, f"spm_sample_lines must be >= 1, found {self.spm_sample_lines}")
@@ -207,7 +215,7 @@ class TrainConfig:
         object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
         _check(len(self.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in self.adam_betas),
                f"adam_betas must be two numbers in [0, 1), found {self.adam_betas}")
-        _check(self.adam_eps >= 0, f"adam_eps must be >= 0, found {self.adam_eps}")
+        _check(0 <= self.adam_eps < math.inf, f"adam_eps must be a finite number >= 0, found {self.adam_eps}")
 
 
 MIN_TEMPERATURE = 1e-6  # lower ones underflow to 0 in float32 (the scaled scores become inf / NaN)

@@ -246,5 +246,5 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 def copy_tokenizer(src_files: list[Path], out: Path) -> None:
     for f in src_files:
         target = Path(out) / Path(f).name
-        if Path(f).resolve() != target.resolve():
-            shutil.copyfile(f, target)
+        if Path(f).resolve() != target.resolve():  # atomically: a run killed mid-copy left a cut model
+            atomic_write_bytes(target, Path(f).read_bytes())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import warnings
@@ -13,7 +14,8 @@ from seqformer.data.tokenizer import Tokenizer
 from seqformer.errors import ModelDirError
 from seqformer.io import atomic_write_bytes, import_state, read_model_dir, save_weights, staged_dir, weights_metadata
 from seqformer.model.transformer import Seq2SeqTransformer
-from seqformer.training.checkpoint import list_checkpoints, model_tensors
+from seqformer.training.checkpoint import list_checkpoints, model_tensors, spaced
+from seqformer.training.rundir import held
 
 
 def average_tensors(paths: list[Path]) -> dict[str, torch.Tensor]:
@@ -44,13 +46,23 @@ def average_checkpoints(run_dir: Path, last: int, out: Path | None = None, dtype
     the run's best-checkpoint model is first kept as ``model.best.safetensors`` (not an earlier average)."""
     if last < 1:
         raise ModelDirError(f"--last must be >= 1, found {last}")
-    paths = list_checkpoints(run_dir / "checkpoints")[-last:]
-    if not paths:
-        raise ModelDirError(f"{run_dir / 'checkpoints'}: no checkpoints to average")
-    if len(paths) < last:
-        warnings.warn(f"{run_dir / 'checkpoints'} holds {len(paths)} checkpoint(s), fewer than --last {last}: "
-                      f"averaging those {len(paths)}", stacklevel=2)
     out = Path(out) if out is not None else Path(run_dir)
+    in_place = out.resolve() == Path(run_dir).resolve()
+    # In place, a training run still writing here would replace the average with its next best model
+    with held(out) if in_place and (out / "checkpoints").is_dir() else contextlib.nullcontext():
+        return _average(Path(run_dir), last, out, dtype, in_place)
+
+
+def _average(run_dir: Path, last: int, out: Path, dtype: str, in_place: bool) -> Path:
+    every = list_checkpoints(run_dir / "checkpoints")
+    if not every:
+        raise ModelDirError(f"{run_dir / 'checkpoints'}: no checkpoints to average")
+    # The last N checkpoints save_every apart: a final save 2 updates after a regular one would count that
+    # model twice (the newer stands for both)
+    paths = spaced(every, _save_every(every[-1]) // 2)[-last:]
+    if len(paths) < last:
+        warnings.warn(f"{run_dir / 'checkpoints'} holds {len(paths)} checkpoint(s) at least half of save_every "
+                      f"apart, fewer than --last {last}: averaging those {len(paths)}", stacklevel=3)
     mdir = read_model_dir(run_dir)  # config.json checked (its sections, fields and tokenizer files) first
     config = mdir.meta
     averaged_before = AVERAGED in config  # an earlier in-place average's mark in config.json (set anew below)
@@ -58,7 +70,7 @@ def average_checkpoints(run_dir: Path, last: int, out: Path | None = None, dtype
     import_state(model, average_tensors(paths), f"average of {len(paths)} checkpoints")
     config["weights_dtype"] = dtype
     config[AVERAGED] = [p.name for p in paths]
-    if out.resolve() == Path(run_dir).resolve():  # the run's own model: same files, two atomic writes
+    if in_place:  # the run's own model: same files, two atomic writes
         if _written_by_training(out, config_marked=averaged_before):
             # pruning may have removed the best checkpoint: this file is then the only copy of that model
             atomic_write_bytes(out / BEST_KEPT, (out / "model.safetensors").read_bytes())
@@ -70,6 +82,14 @@ def average_checkpoints(run_dir: Path, last: int, out: Path | None = None, dtype
             shutil.copyfile(run_dir / name, stage / name)
         _write(stage, model, config, dtype)
     return out
+
+
+def _save_every(checkpoint: Path) -> int:
+    """The save_every of the recipe that wrote ``checkpoint`` (1 when its header does not say)."""
+    try:
+        return max(int(json.loads(weights_metadata(checkpoint)["train_config"])["save_every"]), 1)
+    except (KeyError, ValueError, TypeError):
+        return 1
 
 
 def _written_by_training(run_dir: Path, config_marked: bool) -> bool:

@@ -111,6 +111,21 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if _NAME.match(p.name))
 
 
+def step_of(path: Path) -> int:
+    """The update a checkpoint file was written at, from its name."""
+    return int(_NAME.match(Path(path).name).group(1))
+
+
+def spaced(paths: list[Path], min_gap: int) -> list[Path]:
+    """``paths`` (in step order) without each one fewer than ``min_gap`` updates before the next one kept,
+    newest first: a run's final save (or a save at a stop) just after a regular one stands for both."""
+    kept: list[Path] = []
+    for path in reversed(paths):
+        if not kept or step_of(kept[-1]) - step_of(path) >= min_gap:
+            kept.append(path)
+    return kept[::-1]
+
+
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a checkpoint, after verifying its checksum."""
     try:
@@ -144,7 +159,7 @@ def set_aside_newer(directory: Path, step: int) -> list[Path]:
     """
     moved = []
     for path in list_checkpoints(directory):
-        if int(_NAME.match(path.name).group(1)) > step:
+        if step_of(path) > step:
             target = path.with_name(path.name + ".damaged")
             path.replace(target)
             moved.append(target)
@@ -183,9 +198,13 @@ def model_tensors(path: Path) -> dict[str, torch.Tensor]:
     return {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
 
 
-def prune(directory: Path, keep_last: int) -> None:
-    """Delete all but the newest ``keep_last`` checkpoints."""
+def prune(directory: Path, keep_last: int, min_gap: int = 0) -> None:
+    """Delete the checkpoints older than the newest ``keep_last`` that are ``min_gap`` updates apart (those
+    :func:`spaced` keeps, which averaging takes): a final save just after a regular one does not push out a
+    checkpoint ``average --last keep_last`` needs."""
     if keep_last <= 0:
         return
-    for path in list_checkpoints(directory)[:-keep_last]:
-        path.unlink(missing_ok=True)
+    kept = spaced(list_checkpoints(directory), min_gap)[-keep_last:]
+    for path in list_checkpoints(directory):
+        if kept and step_of(path) < step_of(kept[0]):
+            path.unlink(missing_ok=True)

@@ -3,8 +3,10 @@ cleared of temporary files a killed run left behind."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from torch import nn
@@ -32,9 +34,8 @@ def prepare_out(out: Path, resume: bool) -> None:
     if not resume and ckpt.list_checkpoints(out / "checkpoints"):
         raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue, or choose a new --out")
     ckpt.remove_partial(out / "checkpoints")
-    for name in ("model.safetensors", "training.json", "config.json", "train_log.jsonl", "train_log.csv"):
-        for tmp in out.glob(f".{name}.*.tmp"):  # left by a process killed mid-write
-            tmp.unlink(missing_ok=True)
+    for tmp in out.glob(".*.tmp"):  # left by a process killed mid-write (atomic writes: .NAME.RANDOM.tmp)
+        tmp.unlink(missing_ok=True)
 
 
 _LOCKS: dict[Path, int] = {}  # run directory -> the open lock file this process holds on it
@@ -58,6 +59,19 @@ def _lock(out: Path) -> None:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     _LOCKS[out.resolve()] = fd
+
+
+@contextlib.contextmanager
+def held(out: Path) -> Iterator[None]:
+    """Hold ``out``'s run lock for a block: refused (one line) while a training run uses the directory."""
+    try:
+        _lock(Path(out))
+    except OSError as err:  # the lock file cannot be made: a read-only directory
+        raise ConfigError(f"{out}: cannot write in this directory ({err.strerror or err})") from None
+    try:
+        yield
+    finally:
+        release(out)
 
 
 def release(out: Path) -> None:

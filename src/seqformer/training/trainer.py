@@ -61,7 +61,13 @@ MAX_BAD_STEPS = 20
 
 def build_model_config(cfg: TrainConfig, data: PreparedData, overrides: dict[str, Any]) -> ModelConfig:
     tok = data.tokenizer
-    return _model_config(cfg, tok.src.get_piece_size(), tok.tgt.get_piece_size(), tok.src is tok.tgt, overrides)
+    sizes = {"src_vocab_size": tok.src.get_piece_size(), "tgt_vocab_size": tok.tgt.get_piece_size()}
+    resized = next((k for k, n in sizes.items() if overrides.get(k, n) != n), None)
+    if resized:  # embeddings of another size than the tokenizer's piece count: an IndexError or unused rows
+        raise ConfigError(f"{resized}={overrides[resized]}: a new model's vocabulary sizes are its tokenizer's piece "
+                          f"counts (here src {sizes['src_vocab_size']}, tgt {sizes['tgt_vocab_size']}), not a "
+                          "setting: --vocab-size sets a new tokenizer's, or leave them out")
+    return _model_config(cfg, *sizes.values(), tok.src is tok.tgt, overrides)
 
 
 def _model_config(cfg: TrainConfig, src_vocab: int, tgt_vocab: int, share: bool,
@@ -351,7 +357,7 @@ class Trainer:
         extra.update({f"rng.cuda.{r}": gpu for r, (_, gpu) in enumerate(rng) if gpu is not None})
         extra.update(self.amp.state_tensors())
         ckpt.save_checkpoint(self.ckpt_dir, self.model, self.opt, self.state, extra, config=to_dict(self.cfg))
-        ckpt.prune(self.ckpt_dir, self.cfg.keep_last)
+        ckpt.prune(self.ckpt_dir, self.cfg.keep_last, self.cfg.save_every // 2)  # as `average` picks them
 
     def write_model(self) -> None:
         """Write the current weights as the directory's model (best so far, or last without validation)."""
@@ -390,8 +396,8 @@ class Trainer:
         self.runlog.truncate(self.state.step)  # drop records a killed run wrote after its last checkpoint
         bar = tqdm(total=self.cfg.max_steps or None, initial=self.state.step, disable=not self.progress,
                    dynamic_ncols=True, unit="step")
-        self._window = (0, time.perf_counter())
         last_tick = time.perf_counter()
+        self._window = (0, last_tick)
         try:
             while not self.dist.any(self.done()):
                 stats = self.train_step(self.next_group())
@@ -400,6 +406,8 @@ class Trainer:
                 if stats:
                     self._after_step(stats, bar, now)
                 last_tick = time.perf_counter()
+                tokens, start = self._window  # logging, validation and saving are not training time either
+                self._window = (tokens, start + (last_tick - now))
             bar.close()
             self.finish()
         finally:
@@ -498,6 +506,15 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _tokenizer_options_ignored(cfg: TrainConfig) -> list[str]:
+    """The options for training a new tokenizer set away from their defaults when one is given (--tokenizer, or
+    --init-from's): they have no effect."""
+    if not cfg.tokenizer:
+        return []
+    names = ("vocab_size", "joint_vocab", "spm_model_type", "spm_sample_lines")
+    return [f"{k}={getattr(cfg, k)!r}" for k in names if getattr(cfg, k) != TrainConfig.__dataclass_fields__[k].default]
+
+
 def _init_model_dir(cfg: TrainConfig, overrides: dict[str, Any]) -> tuple[TrainConfig, ModelDir | None]:
     """With ``init_from``, the recipe takes that model's tokenizer files and architecture."""
     if not cfg.init_from:
@@ -554,6 +571,10 @@ def _make_trainer(cfg: TrainConfig, overrides: dict[str, Any], resume: bool, pro
 
     cfg, init = _init_model_dir(cfg, overrides)
     init_cfg = init.model_cfg if init else None
+    ignored = _tokenizer_options_ignored(cfg)
+    if ignored and d.is_main:
+        log.warning("%s ignored: the tokenizer comes from %s", ", ".join(ignored),
+                    f"--init-from {cfg.init_from}" if init else f"--tokenizer {cfg.tokenizer}")
 
     if init is None:  # a bad model flag fails now, not after reading the corpus and training the tokenizer
         joint = len({f.resolve() for f in cfg.tokenizer_files}) == 1 if cfg.tokenizer else cfg.joint_vocab
