@@ -46,7 +46,7 @@ def main() -> None:
     max_tokens = recipe.get("max_tokens", 4096)
     common = ["train", "--config", args.config, "--max-steps", str(args.steps), "--log-every", "1",
               "--valid-every", str(10 * args.steps), "--save-every", str(10 * args.steps), "--max-minutes", "0",
-              "--valid-bleu-lines", "0", "--cooldown-steps", "0",
+              "--valid-bleu-lines", "0", "--cooldown-steps", "0", "--cooldown-minutes", "0",  # clock recipes too
               "--quiet"]
     runs = {
         f"1 process x {args.cores} threads": [sys.executable, "-m", "seqformer", *common,
