@@ -644,7 +644,8 @@ def test_letters_the_vocabulary_cannot_spell_are_named_in_one_warning(model_dir)
     ("你好！》第二句。", ["你好！》", "第二句。"]),
     ("東京は大きい．大阪も．", ["東京は大きい．", "大阪も．"]),  # a full-width period ends a sentence too
     ("値は３．５です。次。", ["値は３．５です。", "次。"]),  # but not between digits
-    ("気温は３０．次の日．", ["気温は３０．", "次の日．"]),  # after a number, it still does
+    ("１．はじめに ２．方法", ["１．はじめに ２．方法"]),  # nor after one (a list marker, "Ｎｏ．５")
+    ("えっ．．．本当？！次。", ["えっ．．．", "本当？！", "次。"]),  # a run of stops ends one sentence
     ("She said ‘Stop.’ Then she left.", ["She said ‘Stop.’", "Then she left."]),
     ("1. Buy milk. 2. Call Sam.", ["1. Buy milk.", "2. Call Sam."]),  # was: "1." and "Buy milk." apart
     ("1. First item 2. Second", ["1. First item 2. Second"]),  # was: "1.", "First item 2.", "Second"

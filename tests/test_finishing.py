@@ -76,7 +76,7 @@ def test_averaging_in_place_is_refused_while_a_training_run_uses_the_directory(r
     model = (run / "model.safetensors").read_bytes()
     with held(run):  # as a training run holds it
         assert main(["average", str(run), "--last", "2"]) == 1
-        assert "another training run" in capsys.readouterr().err
+        assert "another seqformer process" in capsys.readouterr().err
         assert (run / "model.safetensors").read_bytes() == model
         assert main(["average", str(run), "--last", "2", "--out", str(tmp_path / "avg")]) == 0  # elsewhere: fine
     assert main(["average", str(run), "--last", "2"]) == 0  # once the run has ended

@@ -11,13 +11,13 @@ if TYPE_CHECKING:
 _OPENERS = "\"'“«([¿¡"  # what may open a sentence before its first letter
 # A boundary candidate is end punctuation (optionally closed by a quote or bracket) followed by whitespace
 # and a letter or digit of any script or case (optionally after an opener), or a CJK full stop,
-# exclamation or question mark (which needs no space after it; a full-width period "．" counts unless it stands
-# between digits, as in "３．５").
+# exclamation or question mark, or a run of them (which needs no space after it; a full-width period "．" counts
+# unless a digit stands next to it: "３．５", "１．はじめに", "Ｎｏ．５").
 _CLOSERS = "\"'”’»)]）》〉】」』"  # what may close a sentence after its end punctuation
-_FULLWIDTH_STOP = r"(?:(?<!\d)．|．(?!\d))"  # not between two digits (\d matches full-width ones too)
+_CJK_STOP = r"(?:[。！？]|(?<!\d)．(?!\d))+"  # "？！", "．．．" end once; \d matches full-width digits too
 _BOUNDARY = re.compile(
     rf"(?P<end>[.!?…][{re.escape(_CLOSERS)}]*)\s+(?=[{re.escape(_OPENERS)}]?[^\W_])"
-    rf"|(?P<cjk>(?:[。！？]|{_FULLWIDTH_STOP})[{re.escape(_CLOSERS)}]*)\s*(?=\S)"
+    rf"|(?P<cjk>{_CJK_STOP}[{re.escape(_CLOSERS)}]*)\s*(?=\S)"
 )
 # Words whose period is not a sentence end: titles and abbreviations that do not end sentences (words
 # such as "no" or "Inc." that often do are below); single capitals (initials) and dotted runs of one- or
@@ -82,7 +82,7 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in sentences if s.strip()]
 
 
-_CJK_END = re.compile(rf"(?:[。！？]|{_FULLWIDTH_STOP})[{re.escape(_CLOSERS)}]*$")  # a sentence that wants no space after it
+_CJK_END = re.compile(rf"{_CJK_STOP}[{re.escape(_CLOSERS)}]*$")  # a sentence that wants no space after it
 
 
 def _joined(texts: list[str]) -> str:

@@ -161,7 +161,7 @@ class Translator:
             split_texts = sum(1 for n in Counter(owner).values() if n > 1)
             if split_texts:
                 _warn(f"{split_texts} text(s) of several sentences get one joined translation, without "
-                              "an n-best list or attention (split=False / --no-split keeps a text whole)", stacklevel=2)
+                      "an n-best list or attention (split=False / --no-split keeps a text whole)", stacklevel=2)
         results = self._translate_segments(pieces, cfg, need_attention, per_head)
         grouped: list[list[list[Translation]]] = [[] for _ in texts]
         for i, res, h in zip(owner, results, held):
@@ -176,7 +176,7 @@ class Translator:
         for t, seq in zip(texts, ids):
             if len(seq) + 1 > self.max_src_len:
                 _warn(f"input of {len(seq)} subwords truncated to {self.max_src_len - 1}: {t[:40]!r}...",
-                              stacklevel=3)
+                      stacklevel=3)
         src = [encode_source(seq, eos, self.max_src_len) for seq in ids]
         # subwords besides a language tag: none (SentencePiece drops zero-width and direction marks) would
         # leave the model a bare </s> to invent a sentence from
@@ -227,7 +227,7 @@ class Translator:
         if unknown:
             have = f"its tags: {', '.join(known[:12])}{', ...' if len(known) > 12 else ''}" if known else "it has none"
             _warn(f"language tag(s) {', '.join(unknown)} not in the model's vocabulary ({have}): they reach "
-                          "it as <unk> and it picks the target language itself", stacklevel=3)
+                  "it as <unk> and it picks the target language itself", stacklevel=3)
 
     def _warn_unknown(self, texts: list[str], ids: list[list[int]]) -> None:
         """One warning per call naming the characters that reach the model as <unk> (and so are lost)."""
@@ -236,7 +236,7 @@ class Translator:
         if lost:
             shown = "".join(sorted(lost)[:20]) + ("..." if len(lost) > 20 else "")
             _warn(f"{len(lost)} character(s) outside the model's vocabulary reach it as <unk> "
-                          f"and will be missing from the translation: {shown}", stacklevel=4)
+                  f"and will be missing from the translation: {shown}", stacklevel=4)
 
     def _to_translation(self, hyp: Hypothesis, src_ids: list[int], need_attention: bool,
                         per_head: bool = False) -> Translation:

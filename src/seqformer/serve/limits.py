@@ -119,7 +119,8 @@ def _field_name(loc: tuple | list) -> str | None:
     return name
 
 
-_ECHO_DEPTH = 8  # an echoed input nested deeper is cut ("..."): 600 levels of [[[...]]] overflowed the stack (a 500)
+_ECHO_DEPTH = 8  # the 422's detail nested deeper is cut ("..."; the input echoed in it at ~6 levels): 600 levels of
+# [[[...]]] overflowed the stack (a 500)
 
 
 def _printable(value: Any, depth: int = 0) -> Any:

@@ -25,7 +25,7 @@ class ServeConfig:
     port: int = 8000
     max_batch: int = 32  # sentences per model call (a request's texts are never split across calls); 1 = one request at a time
     batch_window_ms: float = 5.0  # how long the first queued request waits for company
-    max_queue: int = 256  # sentences waiting for the model; beyond this requests get 503 (one alone always runs)
+    max_queue: int = 256  # units waiting for the model (sentences; attention: hypotheses; per-head: a batch); beyond: 503
     # batches computed at once (at most one per CPU thread), each on its own thread with an equal share of the
     # CPU threads: more throughput under load (a step's products are small), more latency for a request alone
     streams: int = 1

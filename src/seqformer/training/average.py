@@ -14,7 +14,7 @@ from seqformer.data.tokenizer import Tokenizer
 from seqformer.errors import ModelDirError
 from seqformer.io import atomic_write_bytes, import_state, read_model_dir, save_weights, staged_dir, weights_metadata
 from seqformer.model.transformer import Seq2SeqTransformer
-from seqformer.training.checkpoint import list_checkpoints, model_tensors, spaced
+from seqformer.training.checkpoint import list_checkpoints, model_tensors, spaced, spacing
 from seqformer.training.rundir import held
 
 
@@ -41,9 +41,11 @@ AVERAGED = "averaged_from"  # in an average's config.json and weights header: th
 
 
 def average_checkpoints(run_dir: Path, last: int, out: Path | None = None, dtype: str = "float32") -> Path:
-    """Average the newest ``last`` checkpoints of ``run_dir`` into ``out`` (default: ``run_dir``); the new
-    directory gets every tokenizer file the run's config names and the run's ``training.json``. In place,
-    the run's best-checkpoint model is first kept as ``model.best.safetensors`` (not an earlier average)."""
+    """Average the newest ``last`` checkpoints of ``run_dir`` about ``save_every`` apart (a final save just after a
+    regular one stands for both) into ``out`` (default: ``run_dir``); the new directory gets every tokenizer file
+    the run's config names and the run's ``training.json``. In place, the run's best-checkpoint model is first kept
+    as ``model.best.safetensors`` (not an earlier average), and the average is refused while a training run uses
+    the directory."""
     if last < 1:
         raise ModelDirError(f"--last must be >= 1, found {last}")
     out = Path(out) if out is not None else Path(run_dir)
@@ -59,7 +61,7 @@ def _average(run_dir: Path, last: int, out: Path, dtype: str, in_place: bool) ->
         raise ModelDirError(f"{run_dir / 'checkpoints'}: no checkpoints to average")
     # The last N checkpoints save_every apart: a final save 2 updates after a regular one would count that
     # model twice (the newer stands for both)
-    paths = spaced(every, _save_every(every[-1]) // 2)[-last:]
+    paths = spaced(every, spacing(_save_every(every[-1])))[-last:]
     if len(paths) < last:
         warnings.warn(f"{run_dir / 'checkpoints'} holds {len(paths)} checkpoint(s) at least half of save_every "
                       f"apart, fewer than --last {last}: averaging those {len(paths)}", stacklevel=3)

@@ -116,6 +116,11 @@ def step_of(path: Path) -> int:
     return int(_NAME.match(Path(path).name).group(1))
 
 
+def spacing(save_every: int) -> int:
+    """The fewest updates between two checkpoints that averaging and pruning count as two: half of ``save_every``."""
+    return save_every // 2
+
+
 def spaced(paths: list[Path], min_gap: int) -> list[Path]:
     """``paths`` (in step order) without each one fewer than ``min_gap`` updates before the next one kept,
     newest first: a run's final save (or a save at a stop) just after a regular one stands for both."""

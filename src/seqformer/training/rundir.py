@@ -54,8 +54,8 @@ def _lock(out: Path) -> None:
     except BlockingIOError:
         holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
         os.close(fd)
-        raise ConfigError(f"{out}: another training run (pid {holder}) is using this directory: wait for it to "
-                          "end (or stop it), or choose a new --out") from None
+        raise ConfigError(f"{out}: another seqformer process (pid {holder}: a training run, or an average written in "
+                          "place) is using this directory: wait for it to end (or stop it), or choose a new --out") from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     _LOCKS[out.resolve()] = fd

@@ -357,7 +357,7 @@ class Trainer:
         extra.update({f"rng.cuda.{r}": gpu for r, (_, gpu) in enumerate(rng) if gpu is not None})
         extra.update(self.amp.state_tensors())
         ckpt.save_checkpoint(self.ckpt_dir, self.model, self.opt, self.state, extra, config=to_dict(self.cfg))
-        ckpt.prune(self.ckpt_dir, self.cfg.keep_last, self.cfg.save_every // 2)  # as `average` picks them
+        ckpt.prune(self.ckpt_dir, self.cfg.keep_last, ckpt.spacing(self.cfg.save_every))  # as `average` picks them
 
     def write_model(self) -> None:
         """Write the current weights as the directory's model (best so far, or last without validation)."""
