@@ -48,6 +48,18 @@ def test_malformed_tsv_line_is_reported_with_file_and_line(tmp_path):
     assert f"{bad}:3:" in _one_line_error(result.stderr)
 
 
+def test_a_tab_inside_a_sentence_is_reported_not_cut(tmp_path):
+    # "Hi\tSa\tlut" was read as ("Hi", "Sa"): "lut" lost without a word
+    tsv = tmp_path / "stray.tsv"
+    tsv.write_text("Hello\tBonjour\nHi\tSa\tlut\n")
+    with pytest.raises(DataError, match=rf"{tsv}:2: 3 tab-separated columns, the first line has 2"):
+        read_parallel(str(tsv))
+    tsv.write_text("Hello\tBonjour\tCC-BY #1\nHi\tSalut\tCC-BY #2\nYes\tOui\t\n")  # attribution: ignored
+    assert read_parallel(str(tsv)) == [("Hello", "Bonjour"), ("Hi", "Salut"), ("Yes", "Oui")]
+    tsv.write_text("Hello\tBonjour\nHi\tSalut\t\n")  # an empty extra column loses nothing
+    assert read_parallel(str(tsv)) == [("Hello", "Bonjour"), ("Hi", "Salut")]
+
+
 def test_misaligned_prefix_pair_is_an_error(tmp_path, capsys):
     (tmp_path / "corpus.en").write_text("a\nb\nc\n")
     (tmp_path / "corpus.fr").write_text("a\nb\n")

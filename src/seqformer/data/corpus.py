@@ -82,14 +82,19 @@ def is_tsv(spec: str) -> bool:
 
 def read_tsv(path: Path) -> list[tuple[str, str]]:
     """Read ``source<TAB>target`` lines; extra columns (e.g. attribution) are ignored, and so are blank lines
-    (as line-aligned corpora drop empty pairs)."""
-    pairs = []
+    (as line-aligned corpora drop empty pairs). A line with more columns than the first, text in them, is an
+    error: a tab inside a sentence would have cut it silently."""
+    pairs, width = [], 0
     for lineno, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             continue
         cols = line.split("\t")
         if len(cols) < 2:
             raise DataError(f"{path}:{lineno}: expected 'source<TAB>target', found {len(cols)} column(s)")
+        width = width or len(cols)
+        if len(cols) > width and any(c.strip() for c in cols[width:]):
+            raise DataError(f"{path}:{lineno}: {len(cols)} tab-separated columns, the first line has {width}: a tab "
+                            "inside a sentence? (the text after it would be lost)")
         pairs.append((cols[0].strip(), cols[1].strip()))
     return pairs
 
