@@ -49,6 +49,13 @@ def test_a_joined_sequence_is_held_whole_when_only_a_part_is_unknown():
     assert hold_out("Love it \u2764\ufe0f!", known_heart) == Held("Love it \u2764\ufe0f!")  # known: to the model
 
 
+def test_holding_a_symbol_changes_no_spacing_but_its_own():
+    # every space before punctuation in the sentence went: the model read "I use.NET" and "Quoi?" because of an emoji
+    assert hold_out("I use .NET daily 😀", emoji_unknown) == Held("I use .NET daily", tail=("😀",))
+    assert hold_out("Quoi ? 😀 Non !", emoji_unknown) == Held("Quoi ? Non !", inner=("😀",))
+    assert hold_out("Wait ... 😀!", emoji_unknown) == Held("Wait ...!", inner=("😀",))
+
+
 def test_a_subdivision_flag_keeps_its_tag_characters():
     # black flag + tag letters "gbeng" + cancel tag: England's flag, one symbol (was: the black flag held out,
     # its six invisible tags sent to the model as text)

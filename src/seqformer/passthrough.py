@@ -21,7 +21,7 @@ _HELD_CATEGORIES = ("So", "Sk", "Sc", "Sm", "Co", "Cn")
 _JOINERS = {"\u200d", "\ufe0e", "\ufe0f"}  # zero-width joiner, text/emoji variation selectors
 _SKIN_TONES = frozenset(map(chr, range(0x1F3FB, 0x1F400)))  # emoji modifiers: a tone for the emoji before them
 _KEYCAP = "\u20e3"  # combining enclosing keycap: turns the character before it into an emoji
-_SPACE_BEFORE_PUNCT = re.compile(r"\s+([.!?,;:…])")
+_CLOSE_UP = ".!?,;:…"  # punctuation a held symbol's gap closes up to
 _FINAL_PUNCT = re.compile(r"\s*[.!?…]+[\"'”»)\]]*\s*$")
 
 
@@ -88,8 +88,17 @@ def hold_out(text: str, is_unknown: Callable[[str], bool]) -> Held:
     prefix = tuple(text[a:b] for a, b in runs if b <= first)
     tail = tuple(text[a:b] for a, b in runs if a > last and b > first)
     inner = tuple(text[a:b] for a, b in runs if first < a < last)
-    kept = "".join(" " if held else ch for ch, held in zip(text, flags))
-    return Held(_SPACE_BEFORE_PUNCT.sub(r"\1", " ".join(kept.split())), prefix, inner, tail)
+    return Held(_without(text, runs), prefix, inner, tail)
+
+
+def _without(text: str, runs: list[tuple[int, int]]) -> str:
+    """``text`` less the ``runs``: each run's gap closes to nothing before punctuation, else to one space; the
+    spacing elsewhere is the text's own (".NET", "Quoi ?" stay as written)."""
+    out = text[: runs[0][0]]
+    for (_, end), start in zip(runs, [a for a, _ in runs[1:]] + [len(text)]):  # the text after each run
+        piece = text[end:start].lstrip()
+        out = out.rstrip() + ("" if piece[:1] and piece[0] in _CLOSE_UP else " ") + piece
+    return " ".join(out.split())
 
 
 def put_back(translation: str, held: Held) -> str:
