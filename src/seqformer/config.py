@@ -103,10 +103,9 @@ class ModelConfig:
         for name in ("pad_id", "unk_id", "bos_id", "eos_id", "decoder_start_id"):
             value = getattr(self, name)
             _check(0 <= value < self.tgt_vocab_size, f"{name} ({value}) outside the target vocabulary")
-        for name in ("pad_id", "unk_id", "eos_id"):  # the source side uses them too (padding, </s> after each source)
-            value = getattr(self, name)
-            _check(value < self.src_vocab_size,
-                   f"{name} ({value}) outside the source vocabulary (src_vocab_size {self.src_vocab_size})")
+            if name in ("pad_id", "unk_id", "eos_id"):  # the source side's too (padding, </s> after each source)
+                _check(value < self.src_vocab_size,
+                       f"{name} ({value}) outside the source vocabulary (src_vocab_size {self.src_vocab_size})")
 
     @property
     def head_dim(self) -> int:
@@ -263,11 +262,16 @@ class DecodeConfig:
                              "or leave them out")
 
 
+def off_default(options: Any, cls: type, names: tuple[str, ...]) -> list[str]:
+    """Those of ``names`` that ``options`` (a ``cls``, or anything with those attributes) sets away from the
+    defaults of ``cls``'s fields."""
+    return [k for k in names if getattr(options, k) != cls.__dataclass_fields__[k].default]
+
+
 def sampling_options_given(options: Any) -> list[str]:
     """The fields only sampling reads (temperature, top_k, top_p, seed) that ``options`` (a DecodeConfig, or
     anything with those attributes) sets away from DecodeConfig's defaults."""
-    return [k for k in ("temperature", "top_k", "top_p", "seed")
-            if getattr(options, k) != DecodeConfig.__dataclass_fields__[k].default]
+    return off_default(options, DecodeConfig, ("temperature", "top_k", "top_p", "seed"))
 
 
 def beam_given_with_sampling(given: dict[str, Any], default_unsaid: bool = False) -> str | None:

@@ -209,7 +209,7 @@ def prune(directory: Path, keep_last: int, min_gap: int = 0) -> None:
     checkpoint ``average --last keep_last`` needs."""
     if keep_last <= 0:
         return
-    kept = spaced(list_checkpoints(directory), min_gap)[-keep_last:]
-    for path in list_checkpoints(directory):
-        if kept and step_of(path) < step_of(kept[0]):
-            path.unlink(missing_ok=True)
+    every = list_checkpoints(directory)
+    kept = spaced(every, min_gap)[-keep_last:]
+    for path in every[: every.index(kept[0])] if kept else []:
+        path.unlink(missing_ok=True)

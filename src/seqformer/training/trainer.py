@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from seqformer.config import INIT_FIELDS, PRESETS, ModelConfig, TrainConfig, from_dict, read_config, to_dict
+from seqformer.config import INIT_FIELDS, PRESETS, ModelConfig, TrainConfig, from_dict, off_default, read_config, to_dict
 from seqformer.data.batching import Batch, bucket_batches, collate, torch_seed
 from seqformer.errors import ConfigError, DataError, ModelDirError, SeqformerError, TrainingStopped
 from seqformer.io import (
@@ -511,8 +511,8 @@ def _tokenizer_options_ignored(cfg: TrainConfig) -> list[str]:
     --init-from's): they have no effect."""
     if not cfg.tokenizer:
         return []
-    names = ("vocab_size", "joint_vocab", "spm_model_type", "spm_sample_lines")
-    return [f"{k}={getattr(cfg, k)!r}" for k in names if getattr(cfg, k) != TrainConfig.__dataclass_fields__[k].default]
+    names = off_default(cfg, TrainConfig, ("vocab_size", "joint_vocab", "spm_model_type", "spm_sample_lines"))
+    return [f"{k}={getattr(cfg, k)!r}" for k in names]
 
 
 def _init_model_dir(cfg: TrainConfig, overrides: dict[str, Any]) -> tuple[TrainConfig, ModelDir | None]:
