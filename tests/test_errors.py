@@ -783,6 +783,59 @@ def test_closed_stdin_is_a_one_line_error(model_dir, monkeypatch, capsys):
     assert "stdin is closed" in _one_line_error(capsys.readouterr().err)
 
 
+def test_closed_stdout_is_a_one_line_error(model_dir, tmp_path, monkeypatch, capsys):
+    src = tmp_path / "src.txt"
+    src.write_text("a b\n")
+    monkeypatch.setattr("sys.stdout", None)  # what Python gives a process started with fd 1 closed
+    assert call_main("translate", "--model", model_dir, "a b") == 1  # was: AttributeError traceback
+    assert "stdout is closed: nowhere to write the translations" in _one_line_error(capsys.readouterr().err)
+    assert call_main("evaluate", "--model", model_dir, "--src", src, "--ref", src) == 1  # was: exit 0, no scores
+    assert "stdout is closed: nowhere to write the scores" in _one_line_error(capsys.readouterr().err)
+    out = tmp_path / "out.txt"
+    assert call_main("translate", "--model", model_dir, "a b", "--output", out) == 0  # a file needs no stdout
+    assert out.read_text().count("\n") == 1
+
+
+def test_the_processs_own_streams_are_recognised_by_any_spelling(tmp_path, monkeypatch):
+    from seqformer.io import own_stream
+
+    pid = os.getpid()
+    for path, fd in (("/dev/stdout", 1), ("/dev/stderr", 2), ("/dev/stdin", 0), ("/dev/fd/1", 1),
+                     ("/proc/self/fd/7", 7), (f"/proc/{pid}/fd/3", 3), ("/dev/../dev/stdout", 1)):
+        assert own_stream(path) == fd, path
+    for path in ("/dev/null", f"/proc/{pid + 1}/fd/1", tmp_path / "stdout", "/dev/fd/x"):
+        assert own_stream(path) is None, path
+    monkeypatch.chdir("/dev")
+    assert own_stream("stdout") == 1
+
+
+def test_an_output_descriptor_that_cannot_be_written_is_refused_before_translating(model_dir, capsys):
+    assert call_main("translate", "--model", model_dir, "a b", "--output", "/dev/fd/97") == 1
+    assert "/dev/fd/97: cannot be written (file descriptor 97 is closed)" in _one_line_error(capsys.readouterr().err)
+    read_only = os.open(os.devnull, os.O_RDONLY)
+    try:
+        assert call_main("translate", "--model", model_dir, "a b", "--output", f"/dev/fd/{read_only}") == 1
+        assert f"file descriptor {read_only} is open for reading only" in _one_line_error(capsys.readouterr().err)
+    finally:
+        os.close(read_only)
+
+
+def test_output_to_dev_stdout_keeps_what_a_redirect_already_holds(model_dir, tmp_path):
+    # stdout redirected to a file (`>> log.txt`): /dev/stdout resolves to that file, which was replaced
+    # atomically (its earlier lines lost); evaluate's scores then went to the replaced, deleted file
+    src, log = tmp_path / "src.txt", tmp_path / "log.txt"
+    src.write_text("a b\nc d\n")
+    log.write_text("earlier\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for args in (["translate", "--model", model_dir, "--input", src, "--output", "/dev/stdout"],
+                 ["evaluate", "--model", model_dir, "--src", src, "--ref", src, "--hyp-out", "/dev/stdout"]):
+        with open(log, "ab") as out:
+            subprocess.run([*seqformer_command(), *map(str, args)], stdout=out, check=True, env=env, timeout=300)
+    lines = log.read_text().splitlines()
+    assert lines[0] == "earlier" and len(lines) == 1 + 2 + 2 + 2  # translations, hypotheses, BLEU and chrF
+    assert lines[-2].startswith("BLEU = ") and lines[-1].startswith("chrF = ")
+
+
 def test_outputs_that_would_replace_an_input_or_loop_are_refused(model_dir, tmp_path, capsys):
     src, ref = tmp_path / "src.txt", tmp_path / "ref.txt"
     src.write_text("a b\nc d\n")

@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", nargs="*", help="sentences to translate (none: read --input or stdin)")
     _add_model_args(p)
     p.add_argument("--input", help="file with one sentence per line")
-    p.add_argument("--output", help="write translations here (atomically) instead of stdout")
+    p.add_argument("--output", help="write translations here (a file atomically) instead of stdout")
     p.add_argument("--json", action="store_true", help="one JSON object per input with n-best and scores")
     p.add_argument("--attention", action="store_true", help="with --json: include cross-attention")
     p.add_argument("--no-split", action="store_true", help="do not split long input into sentences")

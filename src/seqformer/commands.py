@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import select
@@ -16,7 +17,7 @@ from seqformer.cli import picked
 from seqformer.config import DecodeConfig, ModelConfig, TrainConfig, beam_given_with_sampling, from_dict, load_recipe
 from seqformer.data.corpus import decode_lines, read_line_chunks, read_lines
 from seqformer.errors import ConfigError, DataError
-from seqformer.io import write_output
+from seqformer.io import own_stream, write_output
 from seqformer.threads import set_threads
 
 
@@ -40,9 +41,15 @@ def _check_output(path: str | None, inputs: tuple[tuple[str, str | None], ...] =
     ((flag, path) pairs: replacing that file with translations would lose it)."""
     if not path:
         return
+    fd = own_stream(path)
+    if fd is not None:  # /dev/stdout: written through as it is (a redirected stdout's file is not replaced)
+        problem = _unwritable(fd)
+        if problem:
+            raise DataError(f"{path}: cannot be written ({problem})")
+        return
     if Path(path).is_dir():
         raise DataError(f"{path}: is a folder; an output file name is needed")
-    if Path(path).exists() and not Path(path).is_file():  # /dev/null, /dev/stdout, a named pipe: written into
+    if Path(path).exists() and not Path(path).is_file():  # /dev/null, a named pipe: written into
         if not os.access(path, os.W_OK):
             raise DataError(f"{path}: cannot be written")
         return
@@ -57,6 +64,23 @@ def _check_output(path: str | None, inputs: tuple[tuple[str, str | None], ...] =
         raise DataError(f"{path}: output folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise DataError(f"{path}: output folder {parent} is not writable")
+
+
+def _unwritable(fd: int) -> str:
+    """Why this process cannot write to its file descriptor ``fd`` ("" when it can)."""
+    if fd <= 2 and (sys.stdin, sys.stdout, sys.stderr)[fd] is None:  # closed at start: the number may be reused
+        return f"file descriptor {fd} is closed"
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    except OSError:
+        return f"file descriptor {fd} is closed"
+    return f"file descriptor {fd} is open for reading only" if flags & os.O_ACCMODE == os.O_RDONLY else ""
+
+
+def _need_stdout(what: str) -> None:
+    """Fail before any work when stdout is closed (Python then has no sys.stdout): ``what`` would be lost."""
+    if sys.stdout is None:
+        raise DataError(f"stdout is closed: nowhere to write {what}")
 
 
 def _translator(args: argparse.Namespace):
@@ -178,6 +202,8 @@ def translate(args: argparse.Namespace) -> int:
     if args.text and args.input:
         raise ConfigError(f"give TEXT arguments or --input {args.input}, not both")
     _check_output(args.output, (("--input", args.input),))
+    if not args.output:
+        _need_stdout("the translations (give --output FILE)")
     cfg = _decode_config(args)
     if cfg.nbest > 1 and not args.json:
         raise ConfigError(f"--nbest {cfg.nbest} needs --json (plain output is one translation per input line)")
@@ -210,6 +236,7 @@ def evaluate(args: argparse.Namespace) -> int:
         if len(ref) != len(src):
             raise DataError(f"{path} has {len(ref)} lines but {args.src} has {len(src)}: files must be line-aligned")
     _check_output(args.hyp_out, (("--src", args.src), *(("--ref", r) for r in args.ref)))
+    _need_stdout("the scores")
     translator = _translator(args)
     cfg = _decode_config(args)
     hyps = translator.translate(src, split=not args.no_split, **asdict(cfg))
@@ -252,6 +279,7 @@ def attention(args: argparse.Namespace) -> int:
     from seqformer.plot import render
 
     _check_output(args.out)
+    _need_stdout("the translation")
     text = _text_args([args.text])[0]
     best, matrix = render(_translator(args), text, Path(args.out), args.layer, args.head,
                           **asdict(_decode_config(args)))

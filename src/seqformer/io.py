@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ from seqformer.config import (
     to_dict,
 )
 from seqformer.data.tokenizer import Tokenizer
-from seqformer.errors import ConfigError, ModelDirError
+from seqformer.errors import ConfigError, DataError, ModelDirError
 from seqformer.model.packed import PackedLinear
 
 
@@ -67,11 +69,40 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
         raise
 
 
+_STD_STREAMS = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
+
+
+def own_stream(path: str | Path) -> int | None:
+    """The file descriptor that ``path`` names when it is one of this process's own (/dev/stdout, /dev/fd/N,
+    /proc/self/fd/N): written through, never reopened (reopening a redirected stdout truncates its file, and
+    replacing that file atomically would lose what ``>>`` appended to it)."""
+    try:
+        name = os.path.abspath(path)
+    except OSError:  # a relative path from a working directory since removed
+        return None
+    if name in _STD_STREAMS:
+        return _STD_STREAMS[name]
+    match = re.fullmatch(rf"/(?:dev/fd|proc/self/fd|proc/{os.getpid()}/fd)/(\d+)", name)
+    return int(match.group(1)) if match else None
+
+
 def write_output(path: Path, data: bytes) -> None:
     """Write a user's output file: atomically, replacing a regular file (through a symbolic link, the file it
-    points to) and keeping its permissions (a new one gets the umask's); into anything else that can be
-    written (/dev/null, /dev/stdout, a named pipe) directly, never replacing the device or pipe itself."""
+    points to) and keeping its permissions (a new one gets the umask's); into this process's own streams
+    (/dev/stdout) and anything else that can be written (/dev/null, a named pipe) directly, never replacing
+    the device, pipe or the file a stream is redirected to."""
     path = Path(path)
+    fd = own_stream(path)
+    if fd is not None:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()  # what was printed before goes first
+        try:
+            with os.fdopen(os.dup(fd), "wb") as f:
+                f.write(data)
+        except OSError as err:
+            raise DataError(f"{path}: cannot be written ({err.strerror})") from None
+        return
     if path.exists() and not path.is_file():
         with open(path, "wb") as f:
             f.write(data)
