@@ -72,24 +72,27 @@ def test_configs_are_frozen(cls):
     (TrainConfig, dict(seed=2**64), "seed must be a 64-bit integer"),  # was a traceback at the first batch
     (TrainConfig, dict(adam_betas=(0.9, 1.0)), "adam_betas"),
     (TrainConfig, dict(adam_eps=-1e-9), "adam_eps"),
+    (TrainConfig, dict(adam_eps=0.0), "adam_eps must be a finite number >= 1.18e-38"),  # NaN weights at update 1
+    (TrainConfig, dict(adam_eps=1e-50), "adam_eps"),  # 0 in float32
+    (TrainConfig, dict(patience=2), "patience=2 stops training when validation stops improving: it needs --valid"),
     (TrainConfig, dict(tokenizer="en/spm.model,fr/spm.model"), "same file name"),  # one overwrote the other
     (TrainConfig, dict(tokenizer="a.spm,b.spm,c.spm"), "found 3"),
     (DecodeConfig, dict(beam_size=0), "beam_size"),
     (DecodeConfig, dict(beam_size=2, nbest=3), "nbest"),
     (DecodeConfig, dict(nbest=0), "nbest"),
-    (DecodeConfig, dict(temperature=0.0), "temperature"),
-    (DecodeConfig, dict(top_k=-1), "top_k"),
-    (DecodeConfig, dict(top_p=0.0), "top_p"),
-    (DecodeConfig, dict(top_p=1.5), "top_p"),
+    (DecodeConfig, dict(sampling=True, temperature=0.0), "temperature must be a finite number >= 1e-06"),
+    (DecodeConfig, dict(sampling=True, top_k=-1), "top_k must be >= 0"),
+    (DecodeConfig, dict(sampling=True, top_p=0.0), r"top_p must be in \(0, 1\]"),
+    (DecodeConfig, dict(sampling=True, top_p=1.5), r"top_p must be in \(0, 1\]"),
     (DecodeConfig, dict(temperature=0.7, top_p=0.9), r"without sampling \(temperature=0.7, top_p=0.9\)"),  # were ignored
     (DecodeConfig, dict(top_k=10), r"without sampling \(top_k=10\)"),
     (DecodeConfig, dict(seed=3), r"without sampling \(seed=3\)"),
     (DecodeConfig, dict(max_len_b=0), "max_len_b"),
     (DecodeConfig, dict(batch_size=0), "batch_size"),
     # values float32 cannot carry through the search (they crashed it with NaN probabilities or overflow)
-    (DecodeConfig, dict(temperature=1e-320), "temperature must be a finite number >= 1e-06"),
-    (DecodeConfig, dict(temperature=math.inf), "temperature"),
-    (DecodeConfig, dict(temperature=math.nan), "temperature"),
+    (DecodeConfig, dict(sampling=True, temperature=1e-320), "temperature must be a finite number >= 1e-06"),
+    (DecodeConfig, dict(sampling=True, temperature=math.inf), "temperature must be a finite number"),
+    (DecodeConfig, dict(sampling=True, temperature=math.nan), "temperature must be a finite number"),
     (DecodeConfig, dict(length_penalty=math.nan), "length_penalty must be a finite number"),
     (DecodeConfig, dict(max_len_a=math.inf), "max_len_a"),
 ])
@@ -105,7 +108,7 @@ def test_good_edge_values_are_accepted():
     TrainConfig(tokenizer="en/src.spm,fr/tgt.spm")
     TrainConfig(tokenizer="spm.model,spm.model")
     TrainConfig(tokenizer="./a/spm.model,a/spm.model")  # one file, spelled twice
-    TrainConfig(clip_norm=0.0, patience=0, weight_decay=0.0, adam_betas=(0.0, 0.0), adam_eps=0.0)  # the "off" values
+    TrainConfig(clip_norm=0.0, patience=0, weight_decay=0.0, adam_betas=(0.0, 0.0))  # the "off" values
 
 
 @pytest.mark.parametrize("cfg", [ModelConfig(d_model=64, n_heads=2, pre_norm=True), TrainConfig(lr=3e-4, train="x.tsv"),

@@ -58,6 +58,9 @@ def test_a_tab_inside_a_sentence_is_reported_not_cut(tmp_path):
     assert read_parallel(str(tsv)) == [("Hello", "Bonjour"), ("Hi", "Salut"), ("Yes", "Oui")]
     tsv.write_text("Hello\tBonjour\nHi\tSalut\t\n")  # an empty extra column loses nothing
     assert read_parallel(str(tsv)) == [("Hello", "Bonjour"), ("Hi", "Salut")]
+    tsv.write_text("Hello\tBonjour\t\nI see\tJe\tvois\n")  # was: the first line's empty column let "vois" go
+    with pytest.raises(DataError, match=rf"{tsv}:2: 3 tab-separated columns, the first line has 2 with text"):
+        read_parallel(str(tsv))
 
 
 def test_misaligned_prefix_pair_is_an_error(tmp_path, capsys):
@@ -876,3 +879,19 @@ def test_an_empty_path_is_an_error_not_an_absent_option(model_dir, tmp_path, cap
                        (("train", "--train", src, "--out", tmp_path / "run", "--init-from", ""), "--init-from")):
         assert call_main(*args) == 1
         assert _one_line_error(capsys.readouterr().err) == f"seqformer: error: {flag} is empty: give a path"
+
+
+def test_a_validation_set_that_cannot_validate_is_refused(tmp_path, spm_file, capsys):
+    # each was accepted: the run trained without validation, kept its last weights and never stopped early
+    blank = tmp_path / "blank.tsv"
+    blank.write_text("\n  \n")
+    assert call_main(*_tiny_train_args(tmp_path, spm_file, tmp_path / "a", "--valid", blank)) == 1
+    assert f"{blank}: no non-empty sentence pairs to validate on" in _one_line_error(capsys.readouterr().err)
+    long = write_tsv(tmp_path / "long.tsv", [(" ".join("abcdefghij" * 2), "a b")])  # 20 pieces + </s>
+    assert call_main(*_tiny_train_args(tmp_path, spm_file, tmp_path / "b", "--valid", long, "--max-len", "12")) == 1
+    assert f"{long}: no sentence pair is shorter than max_len=12" in _one_line_error(capsys.readouterr().err)
+    assert call_main(*_tiny_train_args(tmp_path, spm_file, tmp_path / "c", "--patience", "2")) == 1
+    assert "patience=2 stops training when validation stops improving: it needs --valid" in _one_line_error(
+        capsys.readouterr().err)
+    ok = write_tsv(tmp_path / "ok.tsv", reversal_pairs(3, seed=9))
+    assert call_main(*_tiny_train_args(tmp_path, spm_file, tmp_path / "d", "--valid", ok, "--patience", "2")) == 0

@@ -259,6 +259,14 @@ def test_repeated_nan_loss_stops_with_advice(data_dir, tmp_path, monkeypatch):
         train(cfg, progress=False)
 
 
+def test_the_same_training_file_spelled_another_way_is_an_exact_resume(data_dir, tmp_path, caplog, monkeypatch):
+    monkeypatch.chdir(data_dir)
+    train(tiny_config(data_dir, tmp_path / "run", max_steps=2, train="train.tsv"), progress=False)
+    with caplog.at_level(logging.WARNING, logger="seqformer"):
+        train(tiny_config(data_dir, tmp_path / "run", max_steps=4), resume=True, progress=False)  # its absolute path
+    assert "not an exact resume" not in caplog.text  # was: "train was 'train.tsv', now '/tmp/.../train.tsv'"
+
+
 def test_resume_applies_the_recipes_adam_settings_and_warns_of_a_changed_data_order(data_dir, tmp_path, caplog):
     train(tiny_config(data_dir, tmp_path / "run", max_steps=4, weight_decay=0.1), progress=False)
     resumed = tiny_config(data_dir, tmp_path / "run", max_steps=6, weight_decay=0.0, adam_betas=(0.9, 0.99),

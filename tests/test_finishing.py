@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -341,6 +342,17 @@ def test_a_time_limit_that_cuts_the_cooldown_says_so(data_dir, tmp_path, caplog)
         train(cfg, progress=False)
     assert "--max-minutes ended the run at update 1 of max_steps=1000: the cool-down over the last 500 updates " \
            "never began" in caplog.text
+
+
+def test_an_epoch_limit_that_cuts_the_cooldown_says_so(data_dir, tmp_path, caplog):
+    """--epochs ending a run before its cool-down by updates (was: ended at full rate without a word)."""
+    import logging
+
+    cfg = tiny_config(data_dir, tmp_path / "run", max_steps=1000, cooldown_steps=500, epochs=1)
+    with caplog.at_level(logging.WARNING, logger="seqformer"):
+        train(cfg, progress=False)
+    assert re.search(r"--epochs ended the run at update \d+ of max_steps=1000: the cool-down over the last 500 "
+                     r"updates never began", caplog.text)
 
 
 def test_pairs_longer_than_max_tokens_are_named_in_a_warning(data_dir, tmp_path, caplog):

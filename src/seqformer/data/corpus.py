@@ -82,8 +82,9 @@ def is_tsv(spec: str) -> bool:
 
 def read_tsv(path: Path) -> list[tuple[str, str]]:
     """Read ``source<TAB>target`` lines; extra columns (e.g. attribution) are ignored, and so are blank lines
-    (as line-aligned corpora drop empty pairs). A line with more columns than the first, text in them, is an
-    error: a tab inside a sentence would have cut it silently."""
+    (as line-aligned corpora drop empty pairs). A line with text in more columns than the first line has text
+    in is an error: a tab inside a sentence would have cut it silently (the first line's empty trailing columns,
+    as spreadsheets export them, do not count)."""
     pairs, width = [], 0
     for lineno, line in enumerate(read_lines(path), start=1):
         if not line.strip():
@@ -91,10 +92,10 @@ def read_tsv(path: Path) -> list[tuple[str, str]]:
         cols = line.split("\t")
         if len(cols) < 2:
             raise DataError(f"{path}:{lineno}: expected 'source<TAB>target', found {len(cols)} column(s)")
-        width = width or len(cols)
+        width = width or max(2, 1 + max(i for i, c in enumerate(cols) if c.strip()))
         if len(cols) > width and any(c.strip() for c in cols[width:]):
-            raise DataError(f"{path}:{lineno}: {len(cols)} tab-separated columns, the first line has {width}: a tab "
-                            "inside a sentence? (the text after it would be lost)")
+            raise DataError(f"{path}:{lineno}: {len(cols)} tab-separated columns, the first line has {width} with "
+                            "text: a tab inside a sentence? (the text after it would be lost)")
         pairs.append((cols[0].strip(), cols[1].strip()))
     return pairs
 

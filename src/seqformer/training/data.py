@@ -159,6 +159,8 @@ def prepare(cfg: TrainConfig, out: Path, write: bool = True, init: ModelDir | No
         raise DataError(f"{cfg.train}: no non-empty sentence pairs")
     valid = read_parallel(cfg.valid, cfg.src_lang, cfg.tgt_lang) if cfg.valid else []
     valid = drop_empty(valid, cfg.valid)
+    if cfg.valid and not valid:  # validation, the best-model choice and early stopping would be off, unsaid
+        raise DataError(f"{cfg.valid}: no non-empty sentence pairs to validate on")
     if run is not None:
         tok, names, extra = _run_tokenizer(run[0], out)
         return PreparedData(tok, names, encode_pairs(tok, pairs, cfg.max_len, run[1]), valid, extra)

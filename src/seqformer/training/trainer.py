@@ -147,8 +147,11 @@ class Trainer:
         self.runlog = RunLog(self.out, enabled=self.dist.is_main)
         self.lengths = [(len(s), len(t) + 1) for s, t in data.train]
         # Only rank 0 validates and writes the model directory.
-        main_valid = data.valid if self.dist.is_main else []
-        self.valid_examples = encode_pairs(data.tokenizer, main_valid, cfg.max_len, model_cfg.eos_id) if main_valid else []
+        valid = encode_pairs(data.tokenizer, data.valid, cfg.max_len, model_cfg.eos_id) if data.valid else []
+        if data.valid and not valid:  # said on every rank, so that none waits for the others at a collective
+            raise DataError(f"{cfg.valid}: no sentence pair is shorter than max_len={cfg.max_len} subwords: "
+                            "nothing to validate on")
+        self.valid_examples = valid if self.dist.is_main else []
         self.stop_signal: int | None = None
         self._bad_in_row = 0
         self._warned_warmup = False  # said once per run: a cool-down by time began inside the warmup
@@ -306,35 +309,38 @@ class Trainer:
     def done(self) -> bool:
         c, s = self.cfg, self.state
         if c.max_steps and s.step >= c.max_steps:
-            self._warn_if_time_cooldown_cut("max_steps")
+            self._warn_if_cooldown_cut("max_steps")
             return True
         if c.epochs and s.epoch + (s.batch_in_epoch >= len(self.epoch_batches())) >= c.epochs:
-            self._warn_if_time_cooldown_cut("epochs")
+            self._warn_if_cooldown_cut("epochs")
             return True  # the last epoch ends with its last batch, not when the next one is asked for
         # The time limit is rank 0's clock alone (the vote in fit() tells the others): another rank's also counts
         # its wait while rank 0 validates or writes a checkpoint, and would end the run early by that much.
         if c.max_minutes and self.dist.is_main and s.elapsed_s >= c.max_minutes * 60:
-            if c.cooldown_steps:
-                log.warning("--max-minutes ended the run at update %d of max_steps=%d: the cool-down over the last %d "
-                            "updates %s (lr %.3g now)", s.step, c.max_steps, c.cooldown_steps,
-                            "did not run to its end" if s.step > c.max_steps - c.cooldown_steps else "never began",
-                            scheduled_lr(s.step, c))
+            self._warn_if_cooldown_cut("max_minutes")
             return True
         if c.patience and s.bad_validations >= c.patience:
             log.info("early stop: no validation improvement in %d checks", c.patience)
             return True
         return self.stop_signal is not None
 
-    def _warn_if_time_cooldown_cut(self, limit: str) -> None:
-        """A run stopped by ``limit`` before ``max_minutes``: say so when that cuts a cool-down by time (its rate
-        falls by the time left, so the model ends at more than the rate asked for)."""
+    def _warn_if_cooldown_cut(self, limit: str) -> None:
+        """A run stopped by ``limit`` before its cool-down (by updates or by time) ended: say so, since the model
+        then ends at more than the rate the cool-down was to bring it down to."""
         c, s = self.cfg, self.state
-        left = c.max_minutes - s.elapsed_s / 60
-        if c.cooldown_minutes and left > 0 and self.dist.is_main:
-            log.warning("--%s ended the run %.2f minutes before max_minutes=%g: the cool-down over the last %g minutes "
-                        "%s (lr %.3g now)", limit.replace("_", "-"), left, c.max_minutes, c.cooldown_minutes,
-                        "did not run to its end" if time_cooldown_share(c, s.elapsed_s) < 1 else "never began",
-                        scheduled_lr(s.step, c, s.elapsed_s))
+        if not self.dist.is_main:
+            return
+        if c.cooldown_steps and s.step < c.max_steps:
+            when, span = f"at update {s.step} of max_steps={c.max_steps}", f"{c.cooldown_steps} updates"
+            began, lr = s.step > c.max_steps - c.cooldown_steps, scheduled_lr(s.step, c)
+        elif c.cooldown_minutes and s.elapsed_s < c.max_minutes * 60:
+            when = f"{c.max_minutes - s.elapsed_s / 60:.2f} minutes before max_minutes={c.max_minutes:g}"
+            span = f"{c.cooldown_minutes:g} minutes"
+            began, lr = time_cooldown_share(c, s.elapsed_s) < 1, scheduled_lr(s.step, c, s.elapsed_s)
+        else:
+            return
+        log.warning("--%s ended the run %s: the cool-down over the last %s %s (lr %.3g now)", limit.replace("_", "-"),
+                    when, span, "did not run to its end" if began else "never began", lr)
 
     def _warn_if_cooling_in_warmup(self, step: int, elapsed_s: float) -> None:
         """Once per run: a cool-down by time that begins inside the warmup scales a rate still rising, so the
@@ -452,13 +458,13 @@ def _report_recipe_changes(saved: dict[str, Any], now: dict[str, Any]) -> None:
     """Name each recipe field the resuming command changes, saying what the change means."""
     for fields, level, meaning in RECIPE_CHANGES:
         for name in fields:
-            if name in saved and saved[name] != now[name]:
+            if name in saved and _differs(name, saved[name], now[name]):
                 log.log(level, "--resume: %s was %r, now %r%s", name, saved[name], now[name], meaning)
 
 
 def _differs(name: str, saved: Any, now: Any) -> bool:
     """Whether a recipe field changed; paths are compared as the files they name."""
-    if name == "valid" and saved and now:
+    if name in ("train", "valid") and saved and now:  # "data/train.tsv" and its absolute path: one file
         return os.path.realpath(saved) != os.path.realpath(now)
     return saved != now
 
