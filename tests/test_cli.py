@@ -170,7 +170,10 @@ def test_evaluate_can_translate_lines_whole(run_dir, tmp_path, capsys):
     rc = call_main("evaluate", "--model", run_dir, "--src", tmp_path / "src.txt", "--ref", tmp_path / "src.txt",
                    "--hyp-out", tmp_path / "hyp.txt", "--no-split")  # was: no such option
     assert rc == 0
-    assert (tmp_path / "hyp.txt").read_text().splitlines() == Translator.load(run_dir).translate(src, split=False)
+    translator = Translator.load(run_dir)
+    whole = translator.translate(src, split=False)
+    assert whole != translator.translate(src)  # else an ignored --no-split would pass too
+    assert (tmp_path / "hyp.txt").read_text().splitlines() == whole
 
 
 def test_average_writes_the_mean_model(run_dir, tmp_path, capsys):

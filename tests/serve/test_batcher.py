@@ -140,7 +140,10 @@ def test_a_request_larger_than_the_queue_runs_when_nothing_waits():
 
 
 def test_model_error_reaches_every_request_of_the_batch():
+    calls = []
+
     def broken(texts, options):
+        calls.append(list(texts))
         raise ValueError("boom")
 
     async def main():
@@ -150,7 +153,9 @@ def test_model_error_reaches_every_request_of_the_batch():
         await b.stop()
         return out
 
-    assert [type(e) for e in run(main())] == [ValueError, ValueError]
+    errors = run(main())
+    assert calls == [["a", "b"]]  # one model call for the batch: its one error answers both requests
+    assert [(type(e), str(e)) for e in errors] == [(ValueError, "boom")] * 2
 
 
 def test_stop_answers_the_batch_being_computed_and_the_queue():
