@@ -35,6 +35,7 @@ from seqformer.data.corpus import read_lines
 
 DATA = Path("../shared/data/multi30k")
 PAPER_DATA = Path("work/multi30k-lctok")  # --paper-data: derived from DATA, never committed
+PAPER_RECIPE = "lowercase, sacremoses {} MosesPunctNormalizer + MosesTokenizer(escape=False)\n"  # what made PAPER_DATA
 
 
 def recipe_path(tgt: str) -> Path:
@@ -128,8 +129,16 @@ def paper_scores(hyps: list[str], refs: list[str], lang: str) -> dict[str, float
 
 
 def write_paper_data(tgt: str) -> None:
-    """Lowercased, normalized, tokenized copies of train and val (both sides) under PAPER_DATA."""
+    """Lowercased, normalized, tokenized copies of train and val (both sides) under PAPER_DATA, all made again
+    when those there were made another way (another sacremoses version; bump PAPER_RECIPE with paper_tokens)."""
+    from importlib.metadata import version
+
     PAPER_DATA.mkdir(parents=True, exist_ok=True)
+    stamp, made_by = PAPER_DATA / "MADE_BY", PAPER_RECIPE.format(version("sacremoses"))
+    fresh = stamp.is_file() and stamp.read_text(encoding="utf-8") == made_by
+    if not fresh:  # both directions' copies: a stamp made for one must not vouch for the other's old files
+        for old in [*PAPER_DATA.glob("train.*"), *PAPER_DATA.glob("val.*")]:
+            old.unlink()
     for split in ("train", "val"):
         for lang in ("en", tgt):
             out = PAPER_DATA / f"{split}.{lang}"
@@ -138,6 +147,7 @@ def write_paper_data(tgt: str) -> None:
                 tmp.write_text("\n".join(paper_tokens(read_lines(DATA / f"{split}.{lang}.gz"), lang)) + "\n",
                                encoding="utf-8")
                 tmp.replace(out)
+    stamp.write_text(made_by, encoding="utf-8")
 
 
 def candidates(run: Path, averages: list[int]) -> dict[str, Path]:
