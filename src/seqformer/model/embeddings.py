@@ -12,7 +12,8 @@ def sinusoid_table(n_positions: int, dim: int, layout: str = "interleaved") -> T
     """Fixed sinusoidal encodings (Vaswani et al. 2017, section 3.5).
 
     ``interleaved`` puts sin at even and cos at odd channels as in the paper;
-    ``split`` puts all sines first, then all cosines (Marian / OPUS-MT).
+    ``split`` puts all sines first, then all cosines, as Hugging Face's Marian port (OPUS-MT models) does (its
+    frequencies are this function's; native Marian and fairseq space theirs by log(10000) / (D/2 - 1)).
     """
     position = torch.arange(n_positions, dtype=torch.float64)[:, None]  # (P, 1)
     half = dim // 2
@@ -23,7 +24,7 @@ def sinusoid_table(n_positions: int, dim: int, layout: str = "interleaved") -> T
         table[:, 0 : 2 * half : 2] = torch.sin(angles)
         table[:, 1 : 2 * half : 2] = torch.cos(angles)
     else:
-        # Marian's layout: ceil(D/2) sines, then floor(D/2) cosines of the same frequencies.
+        # Hugging Face Marian's layout: ceil(D/2) sines, then floor(D/2) cosines of the same frequencies.
         sentinel = (dim + 1) // 2
         freqs = torch.exp(-math.log(10000.0) * torch.arange(0, sentinel, dtype=torch.float64) * 2 / dim)
         angles = position * freqs[None, :]  # (P, ceil(D/2))
