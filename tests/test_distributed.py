@@ -146,6 +146,7 @@ def test_the_time_limit_is_rank_zeros_clock():
         trainer = SimpleNamespace(cfg=cfg, state=state, dist=Dist(rank=rank, world_size=2), stop_signal=None)
         assert Trainer.done(trainer) is False
     rank0 = SimpleNamespace(cfg=cfg, state=TrainState(elapsed_s=60.0), dist=Dist(rank=0, world_size=2), stop_signal=None)
+    rank0._warn_if_cooldown_cut = lambda limit: Trainer._warn_if_cooldown_cut(rank0, limit)
     assert Trainer.done(rank0) is True
 
 

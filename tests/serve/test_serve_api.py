@@ -252,8 +252,8 @@ def test_bad_fields_give_422_naming_the_field(client, body, field):
 
 
 @pytest.mark.parametrize("field, value, says", [
-    ("temperature", 0, "greater than or equal to 1e-06"),
-    ("temperature", 1e-320, "greater than or equal to 1e-06"),  # 0 in float32
+    ("temperature", 0, "greater than or equal to 0.000001"),
+    ("temperature", 1e-320, "greater than or equal to 0.000001"),  # 0 in float32
     ("top_p", 1.5, "less than or equal to 1"),
     ("top_k", -1, "greater than or equal to 0"),
 ])
