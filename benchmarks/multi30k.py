@@ -66,10 +66,11 @@ def curve(run: Path) -> list[tuple[float, float]]:
 def label(run: Path, pair: str) -> str:
     """A curve's legend: the pair and the run's model shape, read from the run itself."""
     m = json.loads((run / "config.json").read_text())["model"]
-    return f"{pair} (d{m['d_model']} {m['n_encoder_layers']}+{m['n_decoder_layers']})"
+    return f"{pair} (d{m['d_model']} {m['n_encoder_layers']}+{m['n_decoder_layers']}, dropout {m['dropout']:g})"
 
 
 CASED_AXIS = "val BLEU (greedy, cased sacreBLEU)"
+PAPER_AXIS = "val BLEU (greedy; lowercased, tokenized)"  # a --paper-data run validates on that text (short: not clipped)
 
 
 def plot(curves: dict[str, list[tuple[float, float]]], out: Path, dashed: frozenset[str] = frozenset(),
@@ -172,12 +173,14 @@ def main() -> None:
     ap.add_argument("--averages", default="3,5,8", help="last-N checkpoint averages to try on val")
     ap.add_argument("--beam-size", type=int, default=4)
     ap.add_argument("--chosen", help="skip the choice on val and score this model (best, avg3, ...) on test")
-    ap.add_argument("--curves", type=Path, help="only plot val BLEU vs time of the en-fr and en-de runs to this PNG")
+    ap.add_argument("--curves", type=Path, help="only plot val BLEU vs time of the en-fr and en-de runs to this PNG "
+                    "(with --recipe: of that recipe's run; with --paper-data: on the tokenized-text axis)")
     ap.add_argument("--also", action="append", default=[], metavar="RUN=LABEL",
                     help="with --curves: another run directory's curve, under LABEL (repeatable)")
     args = ap.parse_args()
     if args.curves:
-        runs = [(f"EN-{t.upper()}", recipe_run(recipe_path(t))) for t in ("fr", "de")]
+        recipes = [(args.tgt, args.recipe)] if args.recipe else [(t, recipe_path(t)) for t in ("fr", "de")]
+        runs = [(f"EN-{t.upper()}", recipe_run(r)) for t, r in recipes]
         curves = {label(run, pair): curve(run) for pair, run in runs if (run / "train_log.jsonl").exists()}
         dashed = set()
         for extra in args.also:
@@ -186,7 +189,7 @@ def main() -> None:
                 ap.error(f"--also: expected RUN=LABEL with RUN/train_log.jsonl, found {extra!r}")
             curves[name] = curve(Path(path))
             dashed.add(name)
-        plot(curves, args.curves, dashed=frozenset(dashed))
+        plot(curves, args.curves, dashed=frozenset(dashed), ylabel=PAPER_AXIS if args.paper_data else CASED_AXIS)
         return
     recipe = args.recipe or recipe_path(args.tgt)
     train_cfg = json.loads(recipe.read_text())["train"]
@@ -230,9 +233,8 @@ def main() -> None:
     (run.parent / f"{run.name}.test.hyp").write_text("\n".join(hyps) + "\n", encoding="utf-8")
     points = curve(run)
     print(json.dumps({"dev_bleu_vs_minutes": points}))
-    # a --paper-data run validates on its lowercased, tokenized text: what its curve measures
-    axis = "val BLEU (greedy; lowercased, tokenized)" if args.paper_data else CASED_AXIS  # short: not clipped
-    plot({label(run, f"EN-{args.tgt.upper()}"): points}, run / "dev_bleu.png", ylabel=axis)
+    plot({label(run, f"EN-{args.tgt.upper()}"): points}, run / "dev_bleu.png",
+         ylabel=PAPER_AXIS if args.paper_data else CASED_AXIS)
 
 
 if __name__ == "__main__":
