@@ -132,10 +132,14 @@ def paper_scores(hyps: list[str], refs: list[str], lang: str) -> dict[str, float
 def write_paper_data(tgt: str) -> None:
     """Lowercased, normalized, tokenized copies of train and val (both sides) under PAPER_DATA, all made again
     when those there were made another way (another sacremoses version; bump PAPER_RECIPE with paper_tokens)."""
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        made_by = PAPER_RECIPE.format(version("sacremoses"))
+    except PackageNotFoundError:
+        sys.exit("benchmarks/multi30k.py: the paper-style BLEU needs sacremoses (pip install sacremoses)")
     PAPER_DATA.mkdir(parents=True, exist_ok=True)
-    stamp, made_by = PAPER_DATA / "MADE_BY", PAPER_RECIPE.format(version("sacremoses"))
+    stamp = PAPER_DATA / "MADE_BY"
     fresh = stamp.is_file() and stamp.read_text(encoding="utf-8") == made_by
     if not fresh:  # both directions' copies: a stamp made for one must not vouch for the other's old files
         for old in [*PAPER_DATA.glob("train.*"), *PAPER_DATA.glob("val.*")]:
@@ -144,11 +148,14 @@ def write_paper_data(tgt: str) -> None:
         for lang in ("en", tgt):
             out = PAPER_DATA / f"{split}.{lang}"
             if not out.exists():
-                tmp = out.with_suffix(out.suffix + ".tmp")
-                tmp.write_text("\n".join(paper_tokens(read_lines(DATA / f"{split}.{lang}.gz"), lang)) + "\n",
-                               encoding="utf-8")
-                tmp.replace(out)
-    stamp.write_text(made_by, encoding="utf-8")
+                write_atomic(out, "\n".join(paper_tokens(read_lines(DATA / f"{split}.{lang}.gz"), lang)) + "\n")
+    write_atomic(stamp, made_by)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def candidates(run: Path, averages: list[int]) -> dict[str, Path]:
@@ -174,12 +181,17 @@ def main() -> None:
     ap.add_argument("--beam-size", type=int, default=4)
     ap.add_argument("--chosen", help="skip the choice on val and score this model (best, avg3, ...) on test")
     ap.add_argument("--curves", type=Path, help="only plot val BLEU vs time of the en-fr and en-de runs to this PNG "
-                    "(with --recipe: of that recipe's run; with --paper-data: on the tokenized-text axis)")
+                    "(with --recipe: of that recipe's run, on the tokenized-text axis if it trains on --paper-data's)")
     ap.add_argument("--also", action="append", default=[], metavar="RUN=LABEL",
                     help="with --curves: another run directory's curve, under LABEL (repeatable)")
     args = ap.parse_args()
     if args.curves:
-        recipes = [(args.tgt, args.recipe)] if args.recipe else [(t, recipe_path(t)) for t in ("fr", "de")]
+        if args.recipe:
+            section = json.loads(args.recipe.read_text())["train"]
+            recipes = [(section.get("tgt_lang", "fr"), args.recipe)]
+            paper_axis = Path(section["train"]).parent == PAPER_DATA
+        else:
+            recipes, paper_axis = [(t, recipe_path(t)) for t in ("fr", "de")], False
         runs = [(f"EN-{t.upper()}", recipe_run(r)) for t, r in recipes]
         curves = {label(run, pair): curve(run) for pair, run in runs if (run / "train_log.jsonl").exists()}
         dashed = set()
@@ -189,7 +201,7 @@ def main() -> None:
                 ap.error(f"--also: expected RUN=LABEL with RUN/train_log.jsonl, found {extra!r}")
             curves[name] = curve(Path(path))
             dashed.add(name)
-        plot(curves, args.curves, dashed=frozenset(dashed), ylabel=PAPER_AXIS if args.paper_data else CASED_AXIS)
+        plot(curves, args.curves, dashed=frozenset(dashed), ylabel=PAPER_AXIS if paper_axis else CASED_AXIS)
         return
     recipe = args.recipe or recipe_path(args.tgt)
     train_cfg = json.loads(recipe.read_text())["train"]

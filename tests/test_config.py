@@ -74,7 +74,6 @@ def test_configs_are_frozen(cls):
     (TrainConfig, dict(adam_eps=-1e-9), "adam_eps"),
     (TrainConfig, dict(adam_eps=0.0), "adam_eps must be a finite number >= 1.18e-38"),  # NaN weights at update 1
     (TrainConfig, dict(adam_eps=1e-50), "adam_eps"),  # 0 in float32
-    (TrainConfig, dict(patience=2), "patience=2 stops training when validation stops improving: it needs --valid"),
     (TrainConfig, dict(tokenizer="en/spm.model,fr/spm.model"), "same file name"),  # one overwrote the other
     (TrainConfig, dict(tokenizer="a.spm,b.spm,c.spm"), "found 3"),
     (DecodeConfig, dict(beam_size=0), "beam_size"),

@@ -813,8 +813,13 @@ def test_the_processs_own_streams_are_recognised_by_any_spelling(tmp_path, monke
 
 
 def test_an_output_descriptor_that_cannot_be_written_is_refused_before_translating(model_dir, capsys):
-    assert call_main("translate", "--model", model_dir, "a b", "--output", "/dev/fd/97") == 1
-    assert "/dev/fd/97: cannot be written (file descriptor 97 is closed)" in _one_line_error(capsys.readouterr().err)
+    closed = os.open(os.devnull, os.O_WRONLY)
+    os.close(closed)
+    assert call_main("translate", "--model", model_dir, "a b", "--output", f"/dev/fd/{closed}") == 1
+    assert f"/dev/fd/{closed}: cannot be written (file descriptor {closed} is closed)" in _one_line_error(
+        capsys.readouterr().err)
+    assert call_main("translate", "--model", model_dir, "a b", "--output", "/dev/stdin") == 1
+    assert "/dev/stdin: cannot be written (it is standard input)" in _one_line_error(capsys.readouterr().err)
     read_only = os.open(os.devnull, os.O_RDONLY)
     try:
         assert call_main("translate", "--model", model_dir, "a b", "--output", f"/dev/fd/{read_only}") == 1
@@ -895,3 +900,6 @@ def test_a_validation_set_that_cannot_validate_is_refused(tmp_path, spm_file, ca
         capsys.readouterr().err)
     ok = write_tsv(tmp_path / "ok.tsv", reversal_pairs(3, seed=9))
     assert call_main(*_tiny_train_args(tmp_path, spm_file, tmp_path / "d", "--valid", ok, "--patience", "2")) == 0
+    recipe = tmp_path / "recipe.json"  # --valid on the command line completes a recipe's patience
+    recipe.write_text(json.dumps({"train": {"patience": 2}}))
+    assert call_main(*_tiny_train_args(tmp_path, spm_file, tmp_path / "e", "--config", recipe, "--valid", ok)) == 0

@@ -68,6 +68,8 @@ def _check_output(path: str | None, inputs: tuple[tuple[str, str | None], ...] =
 
 def _unwritable(fd: int) -> str:
     """Why this process cannot write to its file descriptor ``fd`` ("" when it can)."""
+    if fd == 0:  # read-write on a terminal, but never an output
+        return "it is standard input"
     if fd <= 2 and (sys.stdin, sys.stdout, sys.stderr)[fd] is None:  # closed at start: the number may be reused
         return f"file descriptor {fd} is closed"
     try:

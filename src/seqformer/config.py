@@ -197,8 +197,6 @@ class TrainConfig:
         _check(self.clip_norm >= 0, f"clip_norm must be >= 0 (0: no clipping), found {self.clip_norm}")
         _check(0 <= self.weight_decay < math.inf, f"weight_decay must be a finite number >= 0, found {self.weight_decay}")
         _check(self.patience >= 0, f"patience must be >= 0 (0: never stop early), found {self.patience}")
-        _check(not self.patience or bool(self.valid),  # it counts validations without improvement: none would come
-               f"patience={self.patience} stops training when validation stops improving: it needs --valid")
         _check(self.valid_beam_size >= 1, f"valid_beam_size must be >= 1, found {self.valid_beam_size}")
         _check(self.spm_sample_lines >= 1, f"spm_sample_lines must be >= 1, found {self.spm_sample_lines}")
         _check_seed(self.seed)
@@ -222,7 +220,7 @@ class TrainConfig:
                f"adam_eps must be a finite number >= {MIN_ADAM_EPS:.3g}, found {self.adam_eps}")
 
 
-MIN_ADAM_EPS = 1.1754943508222875e-38  # float32's smallest normal number: a smaller eps is 0 in the update
+MIN_ADAM_EPS = 1.1754943508222875e-38  # float32's smallest normal number (below: subnormal, 0 on flush-to-zero CPUs)
 MIN_TEMPERATURE = 1e-6  # lower ones underflow to 0 in float32 (the scaled scores become inf / NaN)
 
 

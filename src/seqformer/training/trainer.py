@@ -547,6 +547,9 @@ def train(cfg: TrainConfig, model_overrides: dict[str, Any] | None = None, resum
     """
     if not cfg.out:
         raise ConfigError("an output directory is required (--out)")
+    if cfg.patience and not cfg.valid:  # it counts validations without improvement: none would come (checked here,
+        # on the whole config: a recipe may leave --valid to the command line)
+        raise ConfigError(f"patience={cfg.patience} stops training when validation stops improving: it needs --valid")
     if not (cfg.max_steps or cfg.epochs or cfg.max_minutes):
         cfg = replace(cfg, epochs=10)
     d = distributed.setup()
