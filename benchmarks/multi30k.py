@@ -32,10 +32,16 @@ from sacrebleu.metrics import BLEU, CHRF
 
 from seqformer import Translator
 from seqformer.data.corpus import read_lines
+from seqformer.io import atomic_write_text
 
 DATA = Path("../shared/data/multi30k")
 PAPER_DATA = Path("work/multi30k-lctok")  # --paper-data: derived from DATA, never committed
 PAPER_RECIPE = "lowercase, sacremoses {} MosesPunctNormalizer + MosesTokenizer(escape=False)\n"  # what made PAPER_DATA
+
+
+def trains_on_paper_data(train_cfg: dict) -> bool:
+    """Whether a recipe's train section trains on the lowercased, tokenized copies under PAPER_DATA."""
+    return Path(train_cfg["train"]).parent.resolve() == PAPER_DATA.resolve()
 
 
 def recipe_path(tgt: str) -> Path:
@@ -148,14 +154,8 @@ def write_paper_data(tgt: str) -> None:
         for lang in ("en", tgt):
             out = PAPER_DATA / f"{split}.{lang}"
             if not out.exists():
-                write_atomic(out, "\n".join(paper_tokens(read_lines(DATA / f"{split}.{lang}.gz"), lang)) + "\n")
-    write_atomic(stamp, made_by)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+                atomic_write_text(out, "\n".join(paper_tokens(read_lines(DATA / f"{split}.{lang}.gz"), lang)) + "\n")
+    atomic_write_text(stamp, made_by)
 
 
 def candidates(run: Path, averages: list[int]) -> dict[str, Path]:
@@ -186,13 +186,12 @@ def main() -> None:
                     help="with --curves: another run directory's curve, under LABEL (repeatable)")
     args = ap.parse_args()
     if args.curves:
-        if args.recipe:
+        if args.recipe:  # that recipe's run: its pair, and the tokenized-text axis if it trains on that text
             section = json.loads(args.recipe.read_text())["train"]
-            recipes = [(section.get("tgt_lang", "fr"), args.recipe)]
-            paper_axis = Path(section["train"]).parent == PAPER_DATA
+            runs = [(f"EN-{section.get('tgt_lang', 'fr').upper()}", Path(section["out"]))]
+            paper_axis = trains_on_paper_data(section)
         else:
-            recipes, paper_axis = [(t, recipe_path(t)) for t in ("fr", "de")], False
-        runs = [(f"EN-{t.upper()}", recipe_run(r)) for t, r in recipes]
+            runs, paper_axis = [(f"EN-{t.upper()}", recipe_run(recipe_path(t))) for t in ("fr", "de")], False
         curves = {label(run, pair): curve(run) for pair, run in runs if (run / "train_log.jsonl").exists()}
         dashed = set()
         for extra in args.also:
@@ -207,7 +206,7 @@ def main() -> None:
     train_cfg = json.loads(recipe.read_text())["train"]
     if train_cfg.get("tgt_lang") != args.tgt:
         ap.error(f"{recipe}: tgt_lang is {train_cfg.get('tgt_lang')!r}, expected {args.tgt!r} (--tgt)")
-    if (Path(train_cfg["train"]).parent.resolve() == PAPER_DATA.resolve()) != args.paper_data:
+    if trains_on_paper_data(train_cfg) != args.paper_data:
         ap.error(f"{recipe}: train is {train_cfg['train']!r}: a recipe trains in {PAPER_DATA}/ exactly when "
                  "--paper-data is given")
     run = recipe_run(recipe)
